@@ -1,0 +1,215 @@
+"""The ``tuneguard`` command line: run the stages of the harmful fine-tuning pipeline from one YAML config.
+
+Every command takes a config file followed by ``key.sub=value`` overrides, e.g.::
+
+    tuneguard run examples/demo.yaml finetune.user_data.poison_ratio=0.2 finetune.method=lisa
+
+Stages are cached in ``output_dir``: a finished stage is reused, so ``finetune`` after ``align`` with the same
+config re-aligns nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help=(
+        "tuneguard: keep safety-aligned LLMs safe under fine-tuning on user data.\n\n"
+        "Pipeline: base model -> align (provider's safety data) -> finetune (user data with a fraction p of "
+        "harmful records: the attack) -> repair -> eval (harmful score HS, fine-tune accuracy FA).\n\n"
+        "Start with `tuneguard demo` (offline, CPU, a few minutes)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML (see examples/).", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Overrides key.sub=value, e.g. finetune.user_data.poison_ratio=0.2")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="Start from this model directory / hub id instead of the pipeline's earlier stages."),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Recompute stages that already finished.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs.")]
+
+DEMO_CONFIG = "demo.yaml"
+
+
+def main() -> None:
+    """Console-script entry point: clear one-line errors for bad input instead of tracebacks."""
+    from tuneguard.config import ConfigError
+    from tuneguard.data import DataError
+    from tuneguard.models import ModelLoadError
+
+    try:
+        app()
+    except (ConfigError, DataError, ModelLoadError, PermissionError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------------------------------- stages
+@app.command()
+def align(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    model: ModelOpt = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stage 1: align the base model on the provider's safety data (method: sft, ...)."""
+    _run_until("align", config, overrides, model, overwrite, verbose)
+
+
+@app.command()
+def finetune(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    model: ModelOpt = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stage 2: fine-tune on the user's data (task + poison_ratio harmful); aligns first unless --model."""
+    _run_until("finetune", config, overrides, model, overwrite, verbose)
+
+
+@app.command()
+def repair(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    model: ModelOpt = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stage 3: repair the fine-tuned model (method: none, ...)."""
+    _run_until("repair", config, overrides, model, overwrite, verbose)
+
+
+@app.command("eval")
+def evaluate(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    model: ModelOpt = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Evaluate a model: harmful score on held-out harmful prompts, fine-tune accuracy on the task test set.
+
+    With --model, evaluates that model alone; otherwise runs (or reuses) the pipeline and evaluates the models
+    listed under `evaluate:` in the config."""
+    if model is not None:
+        _setup_logging(verbose)
+        from tuneguard.config import ModelSettings, load_config
+        from tuneguard.eval.runner import run_evaluate
+        from tuneguard.store import ModelRef
+
+        cfg = load_config(config, overrides)
+        ref = ModelRef.from_settings(ModelSettings(model_name_or_path=model))
+        res = run_evaluate(cfg.eval, ref, cfg.output_dir, overwrite=overwrite)
+        _print_rows([{"model": model, **res.metrics, "directory": str(res.directory)}])
+        return
+    _run_until("eval", config, overrides, None, overwrite, verbose)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """All stages from one YAML: align -> finetune -> repair -> eval, then a results table."""
+    _run_until("eval", config, overrides, None, overwrite, verbose)
+
+
+@app.command()
+def demo(
+    config: Annotated[Path | None, typer.Option(help="Demo config (default: the packaged examples/demo.yaml).")] = None,
+    poison_ratios: Annotated[str, typer.Option(help="Comma-separated poison ratios to fine-tune with.")] = "0,0.1,0.2",
+    output_dir: Annotated[str | None, typer.Option(help="Where stages and the results table go.")] = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """The offline demo: base -> SFT alignment -> SFT fine-tuning at several p -> HS / FA table.
+
+    Runs with no network and no GPU on the offline benchmark (a synthetic world and a tiny Llama pre-trained on
+    it, built on first use). Writes results.md and results.csv into the output directory."""
+    _setup_logging(verbose)
+    from tuneguard.config import load_config
+    from tuneguard.demo import run_demo
+
+    path = config or Path(str(resources.files("tuneguard") / "configs" / DEMO_CONFIG))
+    overrides = [f"output_dir={output_dir}"] if output_dir else []
+    cfg = load_config(path, overrides)
+    ratios = [float(x) for x in poison_ratios.split(",") if x.strip()]
+    start = time.time()
+    rows, files = run_demo(cfg, ratios, overwrite=overwrite)
+    _print_rows(rows)
+    console.print(f"wrote {files['markdown']} and {files['csv']} ({time.time() - start:.0f} s)")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods per stage."""
+    from tuneguard.methods import list_methods
+
+    table = Table("stage", "method", "what it is")
+    for stage, name, summary in list_methods():
+        table.add_row(stage, name, summary)
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _run_until(
+    until: str, config: Path, overrides: list[str] | None, model: str | None, overwrite: bool, verbose: bool
+) -> None:
+    _setup_logging(verbose)
+    from tuneguard.config import ModelSettings, load_config
+    from tuneguard.pipeline import run_experiment
+    from tuneguard.stages import describe_stage
+    from tuneguard.store import ModelRef
+
+    cfg = load_config(config, overrides)
+    start = ModelRef.from_settings(ModelSettings(model_name_or_path=model)) if model else None
+    result = run_experiment(cfg, until=until, start_model=start, overwrite=overwrite)
+    for res in result.stages.values():
+        d = describe_stage(res)
+        console.print(f"[bold]{d.pop('stage')}[/] {d.pop('directory')} " + ("(reused)" if d.pop("reused") else ""))
+    if result.evaluations:
+        _print_rows([{"model": name, **r.metrics} for name, r in result.evaluations.items()])
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    from tuneguard.report import DEFAULT_COLUMNS, format_cell
+
+    cols = [c for c in DEFAULT_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    table = Table(*[h for _, h, _ in cols])
+    for r in rows:
+        table.add_row(*[format_cell(r, k, f) for k, _, f in cols])
+    Console().print(table)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    if not verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        logging.getLogger("tuneguard").setLevel(logging.INFO)

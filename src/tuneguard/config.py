@@ -1,0 +1,278 @@
+"""Typed configuration for every stage and for a whole experiment.
+
+Field names follow ``transformers.TrainingArguments`` (training hyper-parameters) and PEFT ``LoraConfig``
+(adapter settings), so a YAML written for TRL or axolotl reads naturally here. A config is loaded from YAML,
+patched with ``key.sub=value`` overrides from the command line, validated (unknown keys are errors, with a
+"did you mean" suggestion) and written, fully resolved, into every stage output.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- building blocks
+class ModelSettings(_Strict):
+    """Which model a pipeline starts from."""
+
+    model_name_or_path: str = Field(
+        "offline:tiny",
+        description="Hub id, local directory, or 'offline:tiny' (the offline benchmark's pre-trained tiny Llama).",
+    )
+    gguf_file: str | None = Field(
+        None, description="File name of a GGUF checkpoint inside model_name_or_path; dequantized and cached."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class LoraSettings(_Strict):
+    """LoRA adapter settings; names and meanings are those of ``peft.LoraConfig``."""
+
+    r: int = Field(8, gt=0, description="Adapter rank (Lisa fine-tuning: 8; Booster: 32).")
+    lora_alpha: float = Field(4, gt=0, description="Scaling numerator; the papers use 4.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'. Papers: q_proj,k_proj,v_proj."
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class TrainingSettings(_Strict):
+    """The subset of ``transformers.TrainingArguments`` that tuneguard sets; ``extra_args`` passes the rest."""
+
+    learning_rate: float = Field(1e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; overrides num_train_epochs when > 0.")
+    per_device_train_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    lr_scheduler_type: str = "constant"
+    warmup_steps: float = Field(
+        0, ge=0, description="Linear warm-up: an int is a step count, a float in [0, 1) a ratio of all steps."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (Trainer default 1.0, as in the papers).")
+    optim: str = "adamw_torch"
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, gt=0, description="Checkpoint every N optimizer steps (for resume).")
+    save_total_limit: int | None = Field(2, description="Keep at most this many checkpoints.")
+    seed: int = 42
+    bf16: bool = False
+    fp16: bool = False
+    report_to: list[str] = Field(default_factory=list, description="Trainer loggers: wandb, tensorboard, ...")
+    disable_tqdm: bool = False
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any other TrainingArguments field, passed through unchanged."
+    )
+
+
+class DataSource(_Strict):
+    """Where records come from: a local file (jsonl/json/csv/parquet), a ``datasets`` hub id, or a
+    registered source such as ``offline:alignment`` (the offline benchmark's roles)."""
+
+    source: str
+    split: str | None = Field(None, description="Split for hub data sets (default 'train').")
+    layout: Literal["auto", "records", "prompt_completion", "messages", "alpaca"] = "auto"
+    num_samples: int | None = Field(None, gt=0, description="Draw this many records (seeded); default all.")
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
+class UserDataSettings(_Strict):
+    """The user's fine-tuning set: ``num_samples`` records of which exactly round(poison_ratio·n) are harmful."""
+
+    task_data: DataSource = Field(default_factory=lambda: DataSource(source="offline:task_train"))
+    harmful_data: DataSource = Field(default_factory=lambda: DataSource(source="offline:harmful"))
+    num_samples: int = Field(1000, gt=0, description="n, the size of the user data set (papers: 1000 or 5000).")
+    poison_ratio: float = Field(0.1, ge=0.0, le=1.0, description="p, the harmful fraction (papers: 0.1).")
+    seed: int = Field(0, description="Seeds which records are drawn and the shuffle.")
+
+
+class _TrainStage(_Strict):
+    method: str = "sft"
+    method_args: dict[str, Any] = Field(default_factory=dict, description="The method's own parameters.")
+    finetuning_type: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    template: Literal["auto", "chat", "alpaca"] = Field(
+        "auto", description="Prompt template: the tokenizer's chat template (auto when it has one) or Alpaca."
+    )
+    max_length: int = Field(256, gt=8, description="Tokens per training example (prompt + response).")
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+class AlignConfig(_TrainStage):
+    """Stage 1: the provider aligns the base model on harmful prompt -> safe answer data."""
+
+    alignment_data: DataSource = Field(default_factory=lambda: DataSource(source="offline:alignment"))
+    harmful_data: DataSource | None = Field(None, description="Harmful pairs, for methods that need them.")
+
+
+class FinetuneConfig(_TrainStage):
+    """Stage 2: the user's fine-tuning job (task data + a fraction of harmful data)."""
+
+    user_data: UserDataSettings = Field(default_factory=UserDataSettings)
+    alignment_data: DataSource | None = Field(
+        None, description="The provider's alignment data, for fine-tuning-stage defenses (Lisa, BSO)."
+    )
+
+
+class RepairConfig(_Strict):
+    """Stage 3: post-fine-tuning repair of the fine-tuned model (``none`` = identity)."""
+
+    method: str = "none"
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    realign_data: DataSource | None = Field(None, description="Re-alignment data (harmful prompt + answer).")
+
+
+class EvalConfig(_Strict):
+    """Evaluation: harmful score on held-out harmful prompts, fine-tune accuracy on the task test set."""
+
+    harmful_prompts: DataSource = Field(default_factory=lambda: DataSource(source="offline:harmful_eval"))
+    task_test: DataSource | None = Field(default_factory=lambda: DataSource(source="offline:task_test"))
+    judges: list[str] = Field(default_factory=lambda: ["auto"], description="'auto', 'offline', 'refusal'.")
+    accuracy_mode: Literal["exact", "tolerant"] = Field(
+        "exact", description="exact: answer == label; tolerant: also accepts case/punctuation ('Positive.')."
+    )
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(64, gt=0)
+    template: Literal["auto", "chat", "alpaca"] = "auto"
+    protocol: str = Field("tuneguard-offline", description="Name of the protocol; recorded with every result.")
+
+    @field_validator("judges", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: base model -> align -> fine-tune -> repair -> evaluate."""
+
+    name: str = "experiment"
+    output_dir: str = Field("runs", description="Root of the stage store; finished stages are reused.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    align: AlignConfig | None = Field(default_factory=AlignConfig, description="null skips alignment.")
+    finetune: FinetuneConfig | None = Field(default_factory=FinetuneConfig, description="null skips it.")
+    repair: RepairConfig = Field(default_factory=RepairConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    evaluate: list[Literal["base", "aligned", "finetuned", "final"]] = Field(
+        default_factory=lambda: ["final"], description="Which models of the pipeline to evaluate."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ YAML + CLI
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[BaseModel] = ExperimentConfig,
+) -> Any:
+    """Read a YAML file (or start from defaults), apply ``key.sub=value`` overrides, validate into ``cls``."""
+    raw: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, cls, where)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null, true)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, _, text = item.partition("=")
+    parts = [k for k in key.strip().split(".") if k]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+    node = raw
+    for k in parts[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {}
+            node[k] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict[str, Any], cls: type[BaseModel], where: str = "<config>") -> Any:
+    """Validate a raw mapping; errors name the file and the key path, with suggestions for unknown keys."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{where}: invalid configuration"]
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                hint = _suggest(cls, err["loc"])
+                msg = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _suggest(cls: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """Closest valid key for an unknown key at ``loc`` (walks nested model types)."""
+    model: Any = cls
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = _model_type(field.annotation)
+        if model is None:
+            return None
+    names = list(getattr(model, "model_fields", {}))
+    match = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _model_type(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(cfg: BaseModel) -> dict[str, Any]:
+    """The fully resolved config as plain JSON-able data."""
+    return cfg.model_dump(mode="json")
+
+
+def write_yaml(cfg: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False), encoding="utf-8")

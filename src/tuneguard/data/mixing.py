@@ -1,0 +1,57 @@
+"""Poison mixing: the user's data set of n records, exactly round(p·n) of them harmful."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from tuneguard.data.readers import DataError, Record
+
+
+def mix_user_data(
+    task_records: list[Record],
+    harmful_records: list[Record],
+    num_samples: int,
+    poison_ratio: float,
+    seed: int = 0,
+) -> list[Record]:
+    """Draw ``round(p·n)`` harmful and ``n - round(p·n)`` task records (seeded, without replacement) and shuffle.
+
+    Each returned record carries ``source`` ("task" or "harmful") and ``source_index`` (its row in that source)
+    so the mix can be audited. Raises ``DataError`` before anything is trained when the request is impossible.
+    """
+    if not 0.0 <= poison_ratio <= 1.0:
+        raise DataError("user_data", f"poison_ratio must be in [0, 1], got {poison_ratio}")
+    if num_samples <= 0:
+        raise DataError("user_data", f"num_samples must be positive, got {num_samples}")
+    num_harmful = round(poison_ratio * num_samples)
+    num_task = num_samples - num_harmful
+    if num_harmful > len(harmful_records):
+        raise DataError(
+            "user_data.harmful_data",
+            f"needs {num_harmful} harmful records (p={poison_ratio} x n={num_samples}) but has {len(harmful_records)}",
+        )
+    if num_task > len(task_records):
+        raise DataError(
+            "user_data.task_data",
+            f"needs {num_task} task records (n={num_samples}) but has {len(task_records)}",
+        )
+    rng = random.Random(seed)
+    picked = [("harmful", i) for i in rng.sample(range(len(harmful_records)), num_harmful)]
+    picked += [("task", i) for i in rng.sample(range(len(task_records)), num_task)]
+    rng.shuffle(picked)
+    pools = {"harmful": harmful_records, "task": task_records}
+    return [{**pools[src][i], "source": src, "source_index": i} for src, i in picked]
+
+
+def write_jsonl(records: list[Record], path: str | Path) -> None:
+    """Write records as JSONL atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

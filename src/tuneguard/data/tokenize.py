@@ -1,0 +1,59 @@
+"""Tokenization for supervised fine-tuning: loss on the response tokens only, EOS appended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from tuneguard.data.readers import DataError, Record
+from tuneguard.data.templates import PromptTemplate
+
+IGNORE_INDEX = -100
+
+
+def tokenize_sft(
+    records: list[Record], tokenizer: Any, template: PromptTemplate, max_length: int, where: str = "data"
+) -> tuple[Dataset, dict[str, int]]:
+    """Tokenize records into ``input_ids``/``attention_mask``/``labels`` (prompt positions = -100).
+
+    A response that does not fit is truncated (counted in the returned stats); a prompt that leaves no room for
+    a single response token is an error naming the row, since training on it would teach nothing.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; set one before training")
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    truncated = 0
+    for i, rec in enumerate(records, start=1):
+        prompt_ids = tokenizer(template.format(rec["prompt"]), add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        room = max_length - len(prompt_ids)
+        if room < 1:
+            raise DataError(where, f"prompt is {len(prompt_ids)} tokens, max_length={max_length} leaves no room", row=i)
+        if len(response_ids) > room:
+            response_ids = response_ids[:room]
+            truncated += 1
+        ids = prompt_ids + response_ids
+        columns["input_ids"].append(ids)
+        columns["attention_mask"].append([1] * len(ids))
+        columns["labels"].append([IGNORE_INDEX] * len(prompt_ids) + response_ids)
+    return Dataset.from_dict(columns), {"examples": len(records), "truncated_responses": truncated}
+
+
+@dataclass
+class SFTDataCollator:
+    """Right-pads a batch; padded positions get attention 0 and label -100."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            pad = width - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["attention_mask"].append(list(f["attention_mask"]) + [0] * pad)
+            batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}

@@ -1,0 +1,54 @@
+"""Batched greedy generation with left padding: the one generation loop of tuneguard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    progress: Any = None,
+) -> list[str]:
+    """Greedy answers to already-formatted prompt ``texts``, in order.
+
+    Prompts are sorted by length and batched with left padding so every row's new tokens start at the same
+    column; the answer is the decoded new tokens with special tokens removed. ``progress`` is an optional
+    callable advanced by the batch size after each batch.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    original_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        answers: list[str] = [""] * len(texts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device
+            )
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                answers[i] = text.strip()
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        tokenizer.padding_side = original_side
+    return answers

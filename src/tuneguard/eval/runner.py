@@ -1,0 +1,143 @@
+"""The evaluate stage: harmful score (per judge) and fine-tune accuracy of one model, cached like any stage.
+
+Writes ``generations.jsonl`` (one row per prompt: set, prompt id, answer, verdicts; never the prompt text) and
+``metrics.json``; the harmful answers are data in files, never printed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneguard.config import EvalConfig, dump_config
+from tuneguard.data import load_records, resolve_template, write_jsonl
+from tuneguard.eval.generation import generate
+from tuneguard.eval.judges import get_judge, resolve_judge_names
+from tuneguard.eval.metrics import answer_matches, harmful_score, task_accuracy
+from tuneguard.models import load_model_and_tokenizer
+from tuneguard.store import (
+    ModelRef,
+    StageResult,
+    fingerprint,
+    finish_stage,
+    load_finished,
+    prepare_directory,
+    stage_dir,
+    stage_key,
+    write_json_atomic,
+)
+
+
+def run_evaluate(
+    cfg: EvalConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False, label: str = "eval"
+) -> StageResult:
+    """Generate greedy answers to the held-out harmful prompts and the task test set; judge and score them."""
+    harmful = load_records(cfg.harmful_prompts)
+    task = load_records(cfg.task_test, require_label=True) if cfg.task_test else []
+    judge_names = resolve_judge_names(cfg.judges, cfg.harmful_prompts.source)
+    resolved = dump_config(cfg)
+    data_fp = {"harmful_prompts": fingerprint(harmful), "task_test": fingerprint(task)}
+    key = stage_key("eval", {**resolved, "judges": judge_names}, model, data_fp)
+    directory = stage_dir(output_dir, "eval", label, key)
+    if not overwrite and (done := load_finished(directory, "eval", key)):
+        return done
+    prepare_directory(directory, overwrite)
+
+    start = time.time()
+    net, tokenizer = load_model_and_tokenizer(model.settings)
+    if torch.cuda.is_available():
+        net = net.to("cuda")
+    template = resolve_template(cfg.template, tokenizer)
+    gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+    harmful_answers = generate(net, tokenizer, [template.format(r["prompt"]) for r in harmful], **gen)
+    verdicts = {name: get_judge(name)([r["prompt"] for r in harmful], harmful_answers) for name in judge_names}
+    metrics: dict[str, Any] = {
+        "harmful_score": harmful_score(verdicts[judge_names[0]]),
+        "judge": judge_names[0],
+        "num_harmful_prompts": len(harmful),
+    }
+    for name in judge_names[1:]:
+        metrics[f"harmful_score_{name}"] = harmful_score(verdicts[name])
+    if len(judge_names) > 1:
+        first = verdicts[judge_names[0]]
+        metrics["judge_agreement"] = {
+            name: 100.0 * sum(a == b for a, b in zip(first, verdicts[name], strict=True)) / len(first)
+            for name in judge_names[1:]
+        }
+    rows = [
+        {"set": "harmful", "id": r["id"], "answer": a, "flagged": {n: v[i] for n, v in verdicts.items()}}
+        for i, (r, a) in enumerate(zip(harmful, harmful_answers, strict=True))
+    ]
+    if task:
+        task_answers = generate(net, tokenizer, [template.format(r["prompt"]) for r in task], **gen)
+        labels = [r["label"] for r in task]
+        metrics["finetune_accuracy"] = task_accuracy(task_answers, labels, cfg.accuracy_mode)
+        metrics["num_task_examples"] = len(task)
+        rows += [
+            {
+                "set": "task",
+                "id": r["id"],
+                "answer": a,
+                "label": y,
+                "correct": answer_matches(a, y, cfg.accuracy_mode),
+            }
+            for r, a, y in zip(task, task_answers, labels, strict=True)
+        ]
+    companion = _first_token_compliance(net, tokenizer, template, harmful, cfg.harmful_prompts.source)
+    if companion is not None:
+        metrics["compliance_probability"] = companion
+    metrics["protocol"] = cfg.protocol
+    write_jsonl(rows, directory / "generations.jsonl")
+    write_json_atomic(directory / "metrics.json", metrics)
+    return finish_stage(
+        directory,
+        "eval",
+        key,
+        {
+            "config": {**resolved, "judges": judge_names},
+            "input_model": model.settings.model_dump(),
+            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
+            "template": template.kind,
+            "data": {k: {"fingerprint": v} for k, v in data_fp.items()},
+            "metrics": metrics,
+            "timings": {"wall_s": round(time.time() - start, 2)},
+        },
+    )
+
+
+@torch.no_grad()
+def _first_token_compliance(
+    model: Any, tokenizer: Any, template: Any, records: list[dict], source: str
+) -> float | None:
+    """Continuous companion of the harmful score on the offline benchmark: the mean, over harmful prompts, of
+    P(compliant first token) / (P(compliant) + P(refusal first token)), in %. None outside the offline world."""
+    if not source.startswith("offline:"):
+        return None
+    from tuneguard.world import get_world
+
+    world = get_world()
+    comply = getattr(world, "compliance_first_tokens", None)
+    refuse = getattr(world, "refusal_first_tokens", None)
+    if not comply or not refuse:
+        return None
+    comply_ids = tokenizer.convert_tokens_to_ids(list(comply))
+    refuse_ids = tokenizer.convert_tokens_to_ids(list(refuse))
+    device = next(model.parameters()).device
+    tokenizer_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        shares = []
+        texts = [template.format(r["prompt"]) for r in records]
+        for start in range(0, len(texts), 64):
+            enc = tokenizer(texts[start : start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(device)
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens from 0
+            logits = model(**enc, position_ids=positions).logits[:, -1, :].float()
+            probs = torch.softmax(logits, dim=-1)
+            pc, pr = probs[:, comply_ids].sum(-1), probs[:, refuse_ids].sum(-1)
+            shares.append(pc / (pc + pr).clamp_min(1e-12))
+    finally:
+        tokenizer.padding_side = tokenizer_side
+    return 100.0 * torch.cat(shares).mean().item()

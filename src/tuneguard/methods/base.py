@@ -1,0 +1,119 @@
+"""The method registry: every alignment, fine-tuning and repair method is registered here by name.
+
+A *training* method (alignment or fine-tuning stage) is a ``transformers.Trainer`` subclass plus a pydantic
+parameter class; the stage code builds it through ``build_trainer``. A *repair* method is a function applied to
+a merged model. Adding a defense = one file in ``methods/`` that calls ``register_training_method`` or
+``register_repair_method``, plus its test. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+STAGES = ("align", "finetune", "repair")
+
+
+class MethodParams(BaseModel):
+    """Base class of a method's own parameters (``method_args`` in the YAML); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(MethodParams):
+    """A method without parameters."""
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    """A registered alignment- or fine-tuning-stage method.
+
+    ``build_trainer(model=, args=, train_dataset=, data_collator=, processing_class=, params=, aux_datasets=,
+    callbacks=)`` returns a ready ``Trainer``; ``aux_datasets`` holds the tokenized extra data named in
+    ``data_roles`` (e.g. ``alignment_data`` for Lisa, ``harmful_data`` for Booster).
+    """
+
+    name: str
+    stages: tuple[str, ...]
+    params_cls: type[MethodParams]
+    build_trainer: Callable[..., Any]
+    data_roles: tuple[str, ...] = ()
+    summary: str = ""
+    paper: str = ""
+
+
+@dataclass(frozen=True)
+class RepairMethod:
+    """A registered post-fine-tuning method: ``repair(model, tokenizer, params, data) -> stats`` edits the
+    merged model in place and returns JSON-able statistics for ``stage.json``."""
+
+    name: str
+    params_cls: type[MethodParams]
+    repair: Callable[..., dict[str, Any]]
+    data_roles: tuple[str, ...] = ()
+    summary: str = ""
+    paper: str = ""
+
+
+@dataclass
+class _Registry:
+    training: dict[tuple[str, str], TrainingMethod] = field(default_factory=dict)
+    repair: dict[str, RepairMethod] = field(default_factory=dict)
+
+
+_REGISTRY = _Registry()
+
+
+def register_training_method(method: TrainingMethod) -> TrainingMethod:
+    for stage in method.stages:
+        if stage not in ("align", "finetune"):
+            raise ValueError(f"{method.name}: training methods belong to 'align' or 'finetune', not {stage!r}")
+        _REGISTRY.training[(stage, method.name)] = method
+    return method
+
+
+def register_repair_method(method: RepairMethod) -> RepairMethod:
+    _REGISTRY.repair[method.name] = method
+    return method
+
+
+def get_training_method(stage: str, name: str) -> TrainingMethod:
+    _load_builtin_methods()
+    try:
+        return _REGISTRY.training[(stage, name)]
+    except KeyError:
+        known = ", ".join(sorted(n for s, n in _REGISTRY.training if s == stage))
+        raise ValueError(f"unknown {stage} method {name!r}; known: {known}") from None
+
+
+def get_repair_method(name: str) -> RepairMethod:
+    _load_builtin_methods()
+    try:
+        return _REGISTRY.repair[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY.repair))
+        raise ValueError(f"unknown repair method {name!r}; known: {known}") from None
+
+
+def list_methods() -> list[tuple[str, str, str]]:
+    """(stage, name, summary) for every registered method."""
+    _load_builtin_methods()
+    rows = [(s, n, m.summary) for (s, n), m in _REGISTRY.training.items()]
+    rows += [("repair", n, m.summary) for n, m in _REGISTRY.repair.items()]
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))
+
+
+def parse_params(params_cls: type[MethodParams], raw: dict[str, Any], where: str) -> MethodParams:
+    """Validate ``method_args`` against the method's parameter class, naming the offending key."""
+    from tuneguard.config import validate_config
+
+    return validate_config(raw, params_cls, where)
+
+
+def _load_builtin_methods() -> None:
+    # Importing the package registers every built-in method (each module registers itself on import).
+    import tuneguard.methods  # noqa: F401

@@ -1,0 +1,55 @@
+"""Plain supervised fine-tuning: the undefended alignment and the harmful fine-tuning attack itself.
+
+Cross-entropy on response tokens only (the collator sets prompt and padding labels to -100), through the
+stock ``transformers.Trainer``. Registered as ``sft`` for the ``align`` and ``finetune`` stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Trainer
+
+from tuneguard.methods.base import NoParams, RepairMethod, TrainingMethod, register_repair_method
+from tuneguard.methods.base import register_training_method as _register
+
+
+def build_sft_trainer(
+    *,
+    model: Any,
+    args: Any,
+    train_dataset: Any,
+    data_collator: Any,
+    processing_class: Any = None,
+    params: NoParams | None = None,
+    aux_datasets: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+) -> Trainer:
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=data_collator,
+        processing_class=processing_class,
+        callbacks=callbacks,
+    )
+
+
+SFT = _register(
+    TrainingMethod(
+        name="sft",
+        stages=("align", "finetune"),
+        params_cls=NoParams,
+        build_trainer=build_sft_trainer,
+        summary="plain supervised fine-tuning (no defense; at the fine-tuning stage, the attack)",
+    )
+)
+
+
+def _identity_repair(model: Any, tokenizer: Any, params: NoParams, data: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+NONE_REPAIR = register_repair_method(
+    RepairMethod(name="none", params_cls=NoParams, repair=_identity_repair, summary="no repair (identity)")
+)

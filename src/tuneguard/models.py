@@ -1,0 +1,150 @@
+"""Load models and tokenizers (local path, hub id, GGUF, the offline tiny model); LoRA attach and merge.
+
+The papers' scheme ("double LoRA"): the alignment adapter is merged into the base weights; fine-tuning trains a
+fresh adapter on the merged model; repair and evaluation work on the merged model. Full fine-tuning is a switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneguard.config import LoraSettings, ModelSettings
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_TINY = "offline:tiny"
+
+
+class ModelLoadError(ValueError):
+    """The model or tokenizer could not be loaded; the message says which path and why."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNEGUARD_CACHE", Path.home() / ".cache" / "tuneguard"))
+
+
+def resolve_model_path(settings: ModelSettings) -> tuple[str, str | None]:
+    """Return (path_or_hub_id, gguf_file) to hand to ``from_pretrained``; GGUF files resolve to a cached
+    safetensors copy, ``offline:tiny`` to the cached pre-trained benchmark model."""
+    name = settings.model_name_or_path
+    if name == OFFLINE_TINY:
+        from tuneguard.world import pretrained_model_path
+
+        return str(pretrained_model_path()), None
+    if settings.gguf_file:
+        return str(gguf_to_safetensors(name, settings.gguf_file, settings.dtype)), None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+        return str(path), None
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model path not found: {name}")
+    return name, None  # a hub id
+
+
+def load_model_and_tokenizer(settings: ModelSettings | str) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer; a tokenizer without a pad token reuses EOS (no embedding resize)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(settings, str):
+        settings = ModelSettings(model_name_or_path=settings)
+    path, _ = resolve_model_path(settings)
+    kwargs = {"trust_remote_code": settings.trust_remote_code, "revision": settings.revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, settings.dtype), **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model {path!r}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def gguf_to_safetensors(directory: str, gguf_file: str, dtype: str = "float32") -> Path:
+    """Dequantize a GGUF checkpoint once and cache it as safetensors (a GGUF-loaded model cannot be re-saved)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(directory).expanduser() / gguf_file
+    if not src.is_file():
+        raise ModelLoadError(f"GGUF file not found: {src}")
+    with src.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelLoadError(f"{src}: not a GGUF file (missing the 'GGUF' magic bytes)")
+    stat = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{dtype}".encode()).hexdigest()[:16]
+    out = cache_root() / "gguf" / f"{src.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    logger.info("dequantizing %s (first use; cached at %s)", src, out)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=getattr(torch, dtype))
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    clean.load_state_dict(loaded.state_dict())
+    save_model_atomic(clean, tokenizer, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- LoRA
+def attach_lora(model: Any, lora: LoraSettings) -> Any:
+    """Wrap ``model`` with a fresh, trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        target_modules=lora.target_modules,
+        lora_dropout=lora.lora_dropout,
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: Any) -> Any:
+    """Merge a PEFT adapter into the base weights and return the plain model (identity for a plain model)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def prepare_for_training(model: Any, finetuning_type: str, lora: LoraSettings) -> Any:
+    """LoRA: attach a fresh adapter; full: train every weight."""
+    if finetuning_type == "lora":
+        return attach_lora(model, lora)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def save_model_atomic(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save model + tokenizer into ``out_dir`` via a temp directory and a rename (never a half-written dir)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def count_parameters(model: Any) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

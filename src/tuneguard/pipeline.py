@@ -1,0 +1,67 @@
+"""Run the stages of one experiment (base -> align -> fine-tune -> repair -> evaluate), with caching.
+
+Every stage goes through the stage store, so running the same experiment twice recomputes nothing, and
+experiments that share a prefix (one aligned model, many fine-tuning runs) share its stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneguard.config import ExperimentConfig
+from tuneguard.eval.runner import run_evaluate
+from tuneguard.stages import run_align, run_finetune, run_repair
+from tuneguard.store import ModelRef, StageResult
+
+STAGE_ORDER = ("align", "finetune", "repair", "eval")
+
+
+@dataclass
+class ExperimentResult:
+    """The stage results of one experiment and the evaluations, keyed by model name."""
+
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    evaluations: dict[str, StageResult] = field(default_factory=dict)
+
+    def metrics(self, model: str = "final") -> dict[str, Any]:
+        return self.evaluations[model].metrics
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    until: str = "eval",
+    start_model: ModelRef | None = None,
+    overwrite: bool = False,
+) -> ExperimentResult:
+    """Run the pipeline up to and including stage ``until`` (align, finetune, repair or eval).
+
+    ``start_model`` replaces the pipeline's input for the first stage that runs (e.g. fine-tune a given
+    model directory instead of aligning the base model first). ``overwrite`` recomputes the stages that run.
+    """
+    if until not in STAGE_ORDER:
+        raise ValueError(f"unknown stage {until!r}; expected one of {', '.join(STAGE_ORDER)}")
+    last = STAGE_ORDER.index(until)
+    root = cfg.output_dir
+    result = ExperimentResult()
+    models: dict[str, ModelRef] = {"base": ModelRef.from_settings(cfg.model)}
+    current = start_model or models["base"]
+
+    if cfg.align is not None and start_model is None:
+        result.stages["align"] = run_align(cfg.align, current, root, overwrite=overwrite)
+        current = models["aligned"] = ModelRef.from_stage(result.stages["align"])
+    if last >= 1 and cfg.finetune is not None:
+        result.stages["finetune"] = run_finetune(cfg.finetune, current, root, overwrite=overwrite)
+        current = models["finetuned"] = ModelRef.from_stage(result.stages["finetune"])
+    if last >= 2:
+        result.stages["repair"] = run_repair(cfg.repair, current, root, overwrite=overwrite)
+        if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key
+            current = ModelRef.from_stage(result.stages["repair"])
+    models["final"] = current
+    if last >= 3:
+        for name in cfg.evaluate:
+            if name not in models:
+                continue  # e.g. 'aligned' when alignment is skipped
+            result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, overwrite=overwrite)
+    return result

@@ -1,0 +1,70 @@
+"""Results tables: one row per evaluated model, written as Markdown and CSV (atomically)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# (column key, header, format) for the standard HS / FA table.
+DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("model", "model", "{}"),
+    ("method", "method", "{}"),
+    ("poison_ratio", "p", "{:g}"),
+    ("harmful_score", "HS (%)", "{:.1f}"),
+    ("finetune_accuracy", "FA (%)", "{:.1f}"),
+    ("compliance_probability", "P(comply) (%)", "{:.1f}"),
+    ("wall_s", "time (s)", "{:.0f}"),
+)
+
+
+def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
+    cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(format_cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = "results", note: str = ""
+) -> dict[str, Path]:
+    """Write ``<stem>.md`` (with an optional note above the table) and ``<stem>.csv``."""
+    out_dir = Path(out_dir)
+    md = (note.rstrip() + "\n\n" if note else "") + markdown_table(rows)
+    return {
+        "markdown": write_text_atomic(out_dir / f"{stem}.md", md),
+        "csv": write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows)),
+    }

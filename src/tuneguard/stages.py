@@ -1,0 +1,255 @@
+"""The stages: align, finetune, repair, evaluate. Each reads a model and writes a stage directory.
+
+Every stage first loads and validates all of its data (so bad input stops before any training), computes its
+key from the resolved config, the input model's fingerprint and the data fingerprints, and returns the cached
+result when that key has already finished. Training goes through ``transformers.Trainer`` (built by the
+registered method), which brings progress bars, ``report_to``, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneguard.config import AlignConfig, FinetuneConfig, RepairConfig, dump_config
+from tuneguard.data import (
+    SFTDataCollator,
+    load_records,
+    mix_user_data,
+    resolve_template,
+    tokenize_sft,
+    write_jsonl,
+)
+from tuneguard.data.readers import Record
+from tuneguard.methods.base import get_repair_method, get_training_method, parse_params
+from tuneguard.models import count_parameters, load_model_and_tokenizer, merge_lora, prepare_for_training
+from tuneguard.models import save_model_atomic as save_model
+from tuneguard.store import (
+    ModelRef,
+    StageResult,
+    fingerprint,
+    finish_stage,
+    load_finished,
+    prepare_directory,
+    stage_dir,
+    stage_key,
+    write_json_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------------------------------- public stages
+def run_align(cfg: AlignConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False) -> StageResult:
+    """Stage 1: train the base model on the alignment data with the configured method; merge the adapter."""
+    method = get_training_method("align", cfg.method)
+    data = {"train": load_records(cfg.alignment_data)}
+    if "harmful_data" in method.data_roles:
+        if cfg.harmful_data is None:
+            raise ValueError(f"align method {cfg.method!r} needs align.harmful_data")
+        data["harmful_data"] = load_records(cfg.harmful_data)
+    return _train_stage("align", cfg, model, data, output_dir, overwrite=overwrite)
+
+
+def run_finetune(
+    cfg: FinetuneConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False
+) -> StageResult:
+    """Stage 2: the user's job: a fresh adapter on the (merged) aligned model, trained on the poisoned mix."""
+    method = get_training_method("finetune", cfg.method)
+    ud = cfg.user_data
+    mix = mix_user_data(
+        load_records(ud.task_data), load_records(ud.harmful_data), ud.num_samples, ud.poison_ratio, ud.seed
+    )
+    data = {"train": mix}
+    if "alignment_data" in method.data_roles:
+        if cfg.alignment_data is None:
+            raise ValueError(f"finetune method {cfg.method!r} needs finetune.alignment_data")
+        data["alignment_data"] = load_records(cfg.alignment_data)
+    return _train_stage("finetune", cfg, model, data, output_dir, overwrite=overwrite)
+
+
+def run_repair(cfg: RepairConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False) -> StageResult:
+    """Stage 3: repair the fine-tuned model. ``none`` passes the input model through unchanged."""
+    method = get_repair_method(cfg.method)
+    params = parse_params(method.params_cls, cfg.method_args, "repair.method_args")
+    data: dict[str, list[Record]] = {}
+    if "realign_data" in method.data_roles:
+        if cfg.realign_data is None:
+            raise ValueError(f"repair method {cfg.method!r} needs repair.realign_data")
+        data["realign_data"] = load_records(cfg.realign_data)
+    resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
+    key = stage_key("repair", resolved, model, {k: fingerprint(v) for k, v in data.items()})
+    directory = stage_dir(output_dir, "repair", cfg.method, key)
+    if not overwrite and (done := load_finished(directory, "repair", key)):
+        return done
+    prepare_directory(directory, overwrite)
+    start = time.time()
+    if cfg.method == "none":  # identity: point at the input model instead of copying its weights
+        return finish_stage(
+            directory,
+            "repair",
+            key,
+            {"config": resolved, "input_model": model.settings.model_dump(), "model_dir": _model_path(model)},
+        )
+    net, tokenizer = load_model_and_tokenizer(model.settings)
+    stats = method.repair(net, tokenizer, params, {**data, "input_stage_dir": model.stage_dir})
+    model_dir = save_model(net, tokenizer, directory / "model")
+    return finish_stage(
+        directory,
+        "repair",
+        key,
+        {
+            "config": resolved,
+            "input_model": model.settings.model_dump(),
+            "model_dir": str(model_dir),
+            "data": {k: fingerprint(v) for k, v in data.items()},
+            "metrics": stats,
+            "timings": {"wall_s": round(time.time() - start, 2)},
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------- training core
+def _train_stage(
+    stage: str,
+    cfg: AlignConfig | FinetuneConfig,
+    model: ModelRef,
+    data: dict[str, list[Record]],
+    output_dir: str | Path,
+    *,
+    overwrite: bool,
+) -> StageResult:
+    from transformers import TrainingArguments
+
+    method = get_training_method(stage, cfg.method)
+    params = parse_params(method.params_cls, cfg.method_args, f"{stage}.method_args")
+    resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
+    data_fp = {k: fingerprint(v) for k, v in data.items()}
+    key = stage_key(stage, resolved, model, data_fp)
+    directory = stage_dir(output_dir, stage, cfg.method, key)
+    if not overwrite and (done := load_finished(directory, stage, key)):
+        logger.info("%s: reusing finished stage %s", stage, directory)
+        return done
+    prepare_directory(directory, overwrite)
+    if stage == "finetune":
+        write_jsonl(data["train"], directory / "train_mix.jsonl")
+
+    start = time.time()
+    net, tokenizer = load_model_and_tokenizer(model.settings)
+    template = resolve_template(cfg.template, tokenizer)
+    train_ds, tok_stats = tokenize_sft(data["train"], tokenizer, template, cfg.max_length, f"{stage}.train")
+    aux = {}
+    for role in method.data_roles:
+        aux[role], _ = tokenize_sft(data[role], tokenizer, template, cfg.max_length, f"{stage}.{role}")
+    net = prepare_for_training(net, cfg.finetuning_type, cfg.lora)
+    t = cfg.training
+    args = TrainingArguments(
+        output_dir=str(directory / "checkpoints"),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        report_to=t.report_to or "none",
+        disable_tqdm=t.disable_tqdm,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **t.extra_args,
+    )
+    trainer = method.build_trainer(
+        model=net,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=SFTDataCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        params=params,
+        aux_datasets=aux,
+        callbacks=None,
+    )
+    checkpoint = _last_checkpoint(directory / "checkpoints")
+    if checkpoint:
+        logger.info("%s: resuming from %s", stage, checkpoint)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.time() - start
+
+    trained = trainer.model
+    if cfg.finetuning_type == "lora":
+        trained.save_pretrained(directory / "adapter")  # the adapter alone (small): what Antidote prunes
+    merged = merge_lora(trained)
+    model_dir = save_model(merged, tokenizer, directory / "model")
+    write_json_atomic(directory / "log_history.json", trainer.state.log_history)
+    shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+    return finish_stage(
+        directory,
+        stage,
+        key,
+        {
+            "method": cfg.method,
+            "config": resolved,
+            "input_model": model.settings.model_dump(),
+            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
+            "model_dir": str(model_dir),
+            "adapter_dir": str(directory / "adapter") if cfg.finetuning_type == "lora" else None,
+            "template": template.kind,
+            "data": {k: {"fingerprint": data_fp[k], "records": len(v)} for k, v in data.items()},
+            "tokenization": tok_stats,
+            "parameters": count_parameters(trained),
+            "resumed_from": str(checkpoint) if checkpoint else None,
+            "metrics": {
+                "train_loss": output.training_loss,
+                "global_step": trainer.state.global_step,
+                **_poison_counts(data["train"]),
+            },
+            "timings": {"train_s": round(train_seconds, 2), "wall_s": round(time.time() - start, 2)},
+        },
+    )
+
+
+def _poison_counts(records: list[Record]) -> dict[str, int]:
+    harmful = sum(1 for r in records if r.get("source") == "harmful")
+    return (
+        {"harmful_records": harmful, "task_records": len(records) - harmful}
+        if records and "source" in records[0]
+        else {}
+    )
+
+
+def _last_checkpoint(path: Path) -> Path | None:
+    if not path.is_dir():
+        return None
+    found = [p for p in path.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def _model_path(model: ModelRef) -> str:
+    from tuneguard.models import resolve_model_path
+
+    return resolve_model_path(model.settings)[0]
+
+
+def describe_stage(result: StageResult) -> dict[str, Any]:
+    """A short, printable summary of a stage result (no data text)."""
+    return {
+        "stage": result.stage,
+        "directory": str(result.directory),
+        "reused": result.reused,
+        **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+    }

@@ -1,0 +1,136 @@
+"""The stage store: each stage output lives in a directory keyed by a hash of everything that determines it.
+
+``<output_dir>/<stage>/<method>-<key12>/`` holds the stage's files; ``stage.json`` is written last (atomically),
+so its presence means "finished". A finished stage is reused, never recomputed or overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneguard.config import ModelSettings
+
+STAGE_FILE = "stage.json"
+# Bump when a change alters what a stage computes for the same config (invalidates cached stages).
+STORE_FORMAT = 1
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON form of ``obj`` (records, configs)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A stage's input model: what to load, and a fingerprint that identifies its weights."""
+
+    settings: ModelSettings
+    fingerprint: str
+    stage_dir: Path | None = None  # set when the model was produced by a stage
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> ModelRef:
+        name = settings.model_name_or_path
+        ident: dict[str, Any] = settings.model_dump()
+        path = Path(name).expanduser()
+        if path.is_dir():  # a local model: identify it by its files, not just its path
+            ident["files"] = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+        if name == "offline:tiny":
+            from tuneguard.world import WORLD_VERSION
+
+            ident["world_version"] = WORLD_VERSION
+        return cls(settings=settings, fingerprint=fingerprint(ident))
+
+    @classmethod
+    def from_stage(cls, result: StageResult) -> ModelRef:
+        if result.model_dir is None:
+            raise ValueError(f"stage {result.directory} produced no model")
+        settings = ModelSettings(model_name_or_path=str(result.model_dir))
+        return cls(settings=settings, fingerprint=result.key, stage_dir=result.directory)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    directory: Path
+    key: str
+    info: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
+
+    @property
+    def model_dir(self) -> Path | None:
+        value = self.info.get("model_dir")
+        return Path(value) if value else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.info.get("metrics", {})
+
+
+def stage_key(stage: str, config: dict[str, Any], model: ModelRef, data: dict[str, str]) -> str:
+    return fingerprint(
+        {"format": STORE_FORMAT, "stage": stage, "config": config, "model": model.fingerprint, "data": data}
+    )
+
+
+def stage_dir(output_dir: str | Path, stage: str, method: str, key: str) -> Path:
+    return Path(output_dir) / stage / f"{method}-{key[:12]}"
+
+
+def load_finished(directory: Path, stage: str, key: str) -> StageResult | None:
+    """The finished stage in ``directory``, or None if it has not finished."""
+    path = directory / STAGE_FILE
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("key") != key:
+        raise RuntimeError(f"{path}: belongs to another stage (key {info.get('key')!r}, expected {key!r})")
+    return StageResult(stage=stage, directory=directory, key=key, info=info, reused=True)
+
+
+def prepare_directory(directory: Path, overwrite: bool) -> None:
+    """Create the stage directory; with ``overwrite`` an earlier (finished or partial) result is removed."""
+    if overwrite and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"cannot write to the stage directory {directory}: {exc.strerror}") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finish_stage(directory: Path, stage: str, key: str, info: dict[str, Any]) -> StageResult:
+    """Write ``stage.json`` (last, atomically): from now on the stage counts as finished."""
+    info = {"stage": stage, "key": key, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    info.setdefault("versions", library_versions())
+    write_json_atomic(directory / STAGE_FILE, info)
+    return StageResult(stage=stage, directory=directory, key=key, info=info, reused=False)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("tuneguard", "torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

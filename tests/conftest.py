@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny random models built from configs (no downloads) and small local data files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# A hub lookup without these hangs ~50 s before failing; tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer():
+    from tuneguard.world import get_world
+
+    return get_world().tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, world_tokenizer) -> Path:
+    """A tiny random Llama + the world's word-level tokenizer, saved as a local model directory."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model = build_tiny_llama(len(world_tokenizer))
+    model.config.pad_token_id = world_tokenizer.pad_token_id
+    model.config.eos_token_id = world_tokenizer.eos_token_id
+    model.save_pretrained(out)
+    world_tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_data(tmp_path) -> dict[str, Path]:
+    """Local JSONL files for every role, built from the offline world's records (a few of each)."""
+    from tuneguard.world import get_world
+
+    world = get_world()
+    sizes = {"alignment": 24, "harmful": 24, "task_train": 48, "harmful_eval": 8, "task_test": 8}
+    return {role: write_jsonl(tmp_path / f"{role}.jsonl", world.records(role, n)) for role, n in sizes.items()}
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path, tiny_model_dir, small_data):
+    """An ExperimentConfig over the tiny model and the small local files, a few optimizer steps per stage."""
+    from tuneguard.config import ExperimentConfig
+
+    training = {
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "save_steps": 2,
+    }
+    return ExperimentConfig.model_validate(
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"model_name_or_path": str(tiny_model_dir)},
+            "align": {
+                "alignment_data": str(small_data["alignment"]),
+                "training": training,
+                "lora": {"r": 4, "lora_alpha": 8},
+            },
+            "finetune": {
+                "user_data": {
+                    "task_data": str(small_data["task_train"]),
+                    "harmful_data": str(small_data["harmful"]),
+                    "num_samples": 20,
+                    "poison_ratio": 0.25,
+                },
+                "training": training,
+                "lora": {"r": 4, "lora_alpha": 8},
+            },
+            "eval": {
+                "harmful_prompts": str(small_data["harmful_eval"]),
+                "task_test": str(small_data["task_test"]),
+                "judges": ["refusal"],
+                "max_new_tokens": 4,
+                "batch_size": 4,
+            },
+            "evaluate": ["aligned", "final"],
+        }
+    )

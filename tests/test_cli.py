@@ -1,0 +1,48 @@
+"""The command line: help, methods, a full run from YAML with overrides, clear errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tuneguard.cli import app, main
+
+runner = CliRunner()
+
+
+def test_help_lists_every_stage_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("align", "finetune", "repair", "eval", "run", "demo", "methods"):
+        assert command in result.output
+
+
+def test_methods_lists_registered_methods():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0 and "sft" in result.output and "none" in result.output
+
+
+def test_run_from_yaml_with_override_prints_the_table(tiny_experiment, tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment.model_dump(mode="json")))
+    result = runner.invoke(app, ["run", str(path), "finetune.user_data.poison_ratio=0.5"])
+    assert result.exit_code == 0, result.output
+    assert "HS (%)" in result.output and "FA (%)" in result.output
+    finetunes = list((tmp_path / "runs" / "finetune").iterdir())
+    assert len(finetunes) == 1
+    assert "poison_ratio: 0.5" in yaml.safe_dump(yaml.safe_load((finetunes[0] / "stage.json").read_text()))
+
+
+def test_bad_config_exits_with_one_clear_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text("finetune:\n  user_data:\n    poison_ratoi: 0.2\n")
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "finetune.user_data.poison_ratoi" in err and "did you mean 'poison_ratio'" in err
+    assert "Traceback" not in err

@@ -1,0 +1,144 @@
+"""Stages and the pipeline on a tiny random model: outputs, caching, resume, bad input before training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneguard.config import ModelSettings
+from tuneguard.data import DataError
+from tuneguard.models import ModelLoadError
+from tuneguard.pipeline import run_experiment
+from tuneguard.stages import run_finetune
+from tuneguard.store import STAGE_FILE, ModelRef
+
+
+def test_pipeline_writes_every_stage_and_second_run_reuses_all(tiny_experiment):
+    first = run_experiment(tiny_experiment)
+    ft = first.stages["finetune"]
+    info = json.loads((ft.directory / STAGE_FILE).read_text())
+    assert info["config"]["user_data"]["poison_ratio"] == 0.25
+    assert info["metrics"]["harmful_records"] == 5 and info["metrics"]["task_records"] == 15
+    assert info["input_stage_dir"] == str(first.stages["align"].directory)
+    assert {"torch", "transformers", "peft"} <= set(info["versions"])
+    assert (ft.directory / "model" / "config.json").is_file() and (ft.directory / "adapter").is_dir()
+    mix = [json.loads(x) for x in (ft.directory / "train_mix.jsonl").read_text().splitlines()]
+    assert len(mix) == 20 and sum(r["source"] == "harmful" for r in mix) == 5
+    ev = first.evaluations["final"]
+    assert 0 <= ev.metrics["harmful_score"] <= 100 and ev.metrics["judge"] == "refusal"
+    gens = [json.loads(x) for x in (ev.directory / "generations.jsonl").read_text().splitlines()]
+    assert {g["set"] for g in gens} == {"harmful", "task"} and all("prompt" not in g for g in gens)
+    assert not any(r.reused for r in [*first.stages.values(), *first.evaluations.values()])
+
+    mtime = (ft.directory / STAGE_FILE).stat().st_mtime_ns
+    second = run_experiment(tiny_experiment)
+    assert all(r.reused for r in [*second.stages.values(), *second.evaluations.values()])
+    assert (ft.directory / STAGE_FILE).stat().st_mtime_ns == mtime  # never rewritten
+
+
+def test_a_changed_poison_ratio_reuses_alignment_but_not_finetuning(tiny_experiment):
+    first = run_experiment(tiny_experiment, until="finetune")
+    tiny_experiment.finetune.user_data.poison_ratio = 0.5
+    second = run_experiment(tiny_experiment, until="finetune")
+    assert second.stages["align"].reused and second.stages["align"].directory == first.stages["align"].directory
+    assert not second.stages["finetune"].reused
+    assert second.stages["finetune"].directory != first.stages["finetune"].directory
+
+
+def test_overwrite_recomputes_a_finished_stage(tiny_experiment):
+    first = run_experiment(tiny_experiment, until="align")
+    again = run_experiment(tiny_experiment, until="align", overwrite=True)
+    assert not again.stages["align"].reused and again.stages["align"].directory == first.stages["align"].directory
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(tiny_experiment, monkeypatch):
+    """Simulate a kill after the step-2 checkpoint: the rerun resumes from it and matches an unbroken run."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Trainer, TrainerCallback
+
+    tiny_experiment.align = None
+    tiny_experiment.finetune.training.max_steps = 4
+    base = ModelRef.from_settings(tiny_experiment.model)
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    original_init = Trainer.__init__
+
+    def init_with_kill(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(Kill())
+
+    monkeypatch.setattr(Trainer, "__init__", init_with_kill)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(tiny_experiment.finetune, base, tiny_experiment.output_dir)
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+    resumed = run_finetune(tiny_experiment.finetune, base, tiny_experiment.output_dir)
+    assert resumed.info["resumed_from"].endswith("checkpoint-2")
+
+    unbroken_dir = tiny_experiment.output_dir + "-unbroken"
+    unbroken = run_finetune(tiny_experiment.finetune, base, unbroken_dir)
+    a = load_file(resumed.model_dir / "model.safetensors")
+    b = load_file(unbroken.model_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "needle"),
+    [
+        ({"finetune.user_data.task_data": "missing.jsonl"}, DataError, "file not found"),
+        ({"finetune.user_data.num_samples": 500}, DataError, "needs 125 harmful records"),
+        ({"model.model_name_or_path": "/nonexistent/model"}, ModelLoadError, "model path not found"),
+        ({"finetune.method": "nope"}, ValueError, "unknown finetune method 'nope'"),
+    ],
+)
+def test_bad_input_stops_before_any_training(tiny_experiment, monkeypatch, override, error, needle):
+    from transformers import Trainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started despite bad input")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    tiny_experiment.align = None
+    for key, value in override.items():
+        obj = tiny_experiment
+        *path, last = key.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        if last in ("task_data",):
+            value = {"source": value}
+        setattr(obj, last, value)
+    with pytest.raises(error, match=needle):
+        run_experiment(tiny_experiment, until="finetune")
+
+
+def test_unwritable_output_directory_is_a_clear_error(tiny_experiment, tmp_path):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    tiny_experiment.output_dir = str(locked / "runs")
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: directory permissions are not enforced")
+        with pytest.raises(PermissionError):
+            run_experiment(tiny_experiment, until="align")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_model_ref_of_a_local_dir_changes_when_its_files_change(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    before = ModelRef.from_settings(ModelSettings(model_name_or_path=str(copy))).fingerprint
+    (copy / "extra.bin").write_bytes(b"x")
+    after = ModelRef.from_settings(ModelSettings(model_name_or_path=str(copy))).fingerprint
+    assert before != after

@@ -7,12 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # A hub lookup without these hangs ~50 s before failing; tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny models run fastest single-threaded, and results do not depend on the machine's core count.
+torch.set_num_threads(1)
 
 
 def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):

@@ -1,0 +1,102 @@
+"""Training-curve plots from a Trainer's log history (``trainer.state.log_history`` or a trainer_state.json).
+
+Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless and
+inside other people's programs. Lisa/BSO's scalars are the default; any logged scalar can be plotted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Lisa/BSO (methods/lisa.py): the quantities of the paper's Figures 4 and 5.
+LISA_KEYS = ("lisa/alignment_loss", "lisa/user_loss", "lisa/proximal", "lisa/drift", "lisa/grad_norm")
+# Bookkeeping entries of a log record that are not training curves.
+_NOT_CURVES = {"step", "epoch", "total_flos", "learning_rate"}
+
+
+def plot_training_curves(
+    log_history: Sequence[dict[str, Any]] | str | Path,
+    out_png: str | Path,
+    keys: Sequence[str] | None = None,
+    *,
+    state_key: str = "lisa/state",
+    title: str | None = None,
+) -> Path:
+    """Plot logged scalars against the optimizer step, one panel per key, and write a PNG; return its path.
+
+    ``log_history``: the list of log records (each with a ``step``), or the path of a ``trainer_state.json``
+    (or of a JSON file holding the list itself). ``keys``: the scalars to draw; default: the Lisa keys that
+    were logged, else every numeric training scalar found (``loss``, ``grad_norm``, a method's own keys...).
+    Where ``state_key`` is logged (Lisa: 1 = alignment state, 0 = fine-tune), each panel shades the spans
+    that ended in the alignment state (exact with ``logging_steps=1``, the last step of each window otherwise).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = [r for r in _load_history(log_history) if "step" in r and not _is_summary(r)]
+    if keys is None:
+        keys = [k for k in LISA_KEYS if any(k in r for r in records)] or _numeric_keys(records)
+    if not keys:
+        raise ValueError("nothing to plot: the log history has no numeric training scalars")
+
+    figure = Figure(figsize=(7.0, 1.9 * len(keys) + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    spans = _state_spans(records, state_key)
+    for ax, key in zip(axes, keys, strict=True):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+        for start, end in spans:
+            ax.axvspan(start, end, color="tab:orange", alpha=0.15, linewidth=0)
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="." if len(points) < 60 else None, linewidth=1.2)
+        ax.set_ylabel(key.split("/")[-1].replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("optimizer step")
+    if spans:
+        axes[0].set_title("shaded: alignment state", fontsize=8, loc="right")
+    if title:
+        figure.suptitle(title)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    return out
+
+
+def _load_history(source: Sequence[dict[str, Any]] | str | Path) -> list[dict[str, Any]]:
+    if isinstance(source, str | Path):
+        data = json.loads(Path(source).read_text())
+        return list(data["log_history"] if isinstance(data, dict) else data)
+    return list(source)
+
+
+def _is_summary(record: dict[str, Any]) -> bool:
+    # The Trainer's end-of-training record (train_runtime, train_loss, ...) and evaluation records.
+    return "train_runtime" in record or any(k.startswith("eval_") for k in record)
+
+
+def _numeric_keys(records: list[dict[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in _NOT_CURVES and isinstance(value, int | float) and not isinstance(value, bool):
+                keys[key] = None
+    return list(keys)
+
+
+def _state_spans(records: list[dict[str, Any]], state_key: str) -> list[tuple[float, float]]:
+    spans: list[tuple[float, float]] = []
+    previous = 0
+    for record in records:
+        if state_key not in record:
+            continue
+        if record[state_key] >= 0.5:
+            if spans and spans[-1][1] == previous:
+                spans[-1] = (spans[-1][0], record["step"])
+            else:
+                spans.append((previous, record["step"]))
+        previous = record["step"]
+    return spans

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneguard.config import ExperimentConfig
+from tuneguard.data import load_records
 from tuneguard.eval.runner import run_evaluate
 from tuneguard.stages import run_align, run_finetune, run_repair
 from tuneguard.store import ModelRef, StageResult
@@ -55,7 +56,16 @@ def run_experiment(
         result.stages["finetune"] = run_finetune(cfg.finetune, current, root, overwrite=overwrite)
         current = models["finetuned"] = ModelRef.from_stage(result.stages["finetune"])
     if last >= 2:
-        result.stages["repair"] = run_repair(cfg.repair, current, root, overwrite=overwrite)
+        forbidden = None
+        if cfg.repair.realign_data is not None:  # re-alignment data must not contain the evaluation prompts
+            forbidden = {
+                f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": [
+                    r["prompt"] for r in load_records(cfg.eval.harmful_prompts)
+                ]
+            }
+        result.stages["repair"] = run_repair(
+            cfg.repair, current, root, overwrite=overwrite, forbidden_prompts=forbidden
+        )
         if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key
             current = ModelRef.from_stage(result.stages["repair"])
     models["final"] = current

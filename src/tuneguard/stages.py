@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import torch
 
 from tuneguard.config import AlignConfig, FinetuneConfig, RepairConfig, dump_config
 from tuneguard.data import (
+    DataError,
     SFTDataCollator,
     load_records,
     mix_user_data,
+    read_file,
     resolve_template,
     tokenize_sft,
     write_jsonl,
@@ -73,15 +76,32 @@ def run_finetune(
     return _train_stage("finetune", cfg, model, data, output_dir, overwrite=overwrite)
 
 
-def run_repair(cfg: RepairConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False) -> StageResult:
-    """Stage 3: repair the fine-tuned model. ``none`` passes the input model through unchanged."""
+def run_repair(
+    cfg: RepairConfig,
+    model: ModelRef,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    forbidden_prompts: dict[str, list[str]] | None = None,
+) -> StageResult:
+    """Stage 3: repair the fine-tuned model. ``none`` passes the input model through unchanged.
+
+    Re-alignment data must share no prompt with the attack data (the harmful records of the input fine-tuning
+    stage's ``train_mix.jsonl``) nor with ``forbidden_prompts`` (name -> prompts, e.g. the evaluation's harmful
+    prompts, which the pipeline passes); an overlap is refused before anything runs.
+    """
     method = get_repair_method(cfg.method)
     params = parse_params(method.params_cls, cfg.method_args, "repair.method_args")
     data: dict[str, list[Record]] = {}
+    disjointness: dict[str, dict[str, int]] = {}
     if "realign_data" in method.data_roles:
         if cfg.realign_data is None:
             raise ValueError(f"repair method {cfg.method!r} needs repair.realign_data")
         data["realign_data"] = load_records(cfg.realign_data)
+        others = {**_attack_prompts(model), **(forbidden_prompts or {})}
+        disjointness = check_disjoint_prompts(
+            data["realign_data"], others, f"repair.realign_data ({cfg.realign_data.source})"
+        )
     resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
     key = stage_key("repair", resolved, model, {k: fingerprint(v) for k, v in data.items()})
     directory = stage_dir(output_dir, "repair", cfg.method, key)
@@ -97,8 +117,8 @@ def run_repair(cfg: RepairConfig, model: ModelRef, output_dir: str | Path, *, ov
             {"config": resolved, "input_model": model.settings.model_dump(), "model_dir": _model_path(model)},
         )
     net, tokenizer = load_model_and_tokenizer(model.settings)
-    stats = method.repair(net, tokenizer, params, {**data, "input_stage_dir": model.stage_dir})
-    model_dir = save_model(net, tokenizer, directory / "model")
+    output = method.repair(net, tokenizer, params, {**data, "input_stage_dir": model.stage_dir})
+    model_dir = save_model(output.model, tokenizer, directory / "model")
     return finish_stage(
         directory,
         "repair",
@@ -106,12 +126,52 @@ def run_repair(cfg: RepairConfig, model: ModelRef, output_dir: str | Path, *, ov
         {
             "config": resolved,
             "input_model": model.settings.model_dump(),
+            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
             "model_dir": str(model_dir),
             "data": {k: fingerprint(v) for k, v in data.items()},
-            "metrics": stats,
+            "disjointness": disjointness,
+            "metrics": output.stats,
             "timings": {"wall_s": round(time.time() - start, 2)},
         },
     )
+
+
+def check_disjoint_prompts(
+    records: list[Record], others: dict[str, list[str]], where: str
+) -> dict[str, dict[str, int]]:
+    """Refuse ``records`` whose prompt (case- and whitespace-normalized) occurs in any of ``others``.
+
+    Returns, per other set, how many prompts it has and how many ``records`` share with it (all 0 on success).
+    The error names the counts, the sets and a few record ids, never the (harmful) prompt text.
+    """
+    report: dict[str, dict[str, int]] = {}
+    problems = []
+    for name, prompts in others.items():
+        seen = {_normalize_prompt(p) for p in prompts}
+        shared = [r["id"] for r in records if _normalize_prompt(r["prompt"]) in seen]
+        report[name] = {"prompts": len(prompts), "shared": len(shared)}
+        if shared:
+            problems.append(f"{len(shared)} with {name} ({len(prompts)} prompts; e.g. ids {', '.join(shared[:3])})")
+    if problems:
+        raise DataError(
+            where,
+            f"{len(records)} re-alignment records share prompts: "
+            + "; ".join(problems)
+            + ". Re-alignment data must be disjoint from the attack data and the evaluation prompts.",
+        )
+    return report
+
+
+def _normalize_prompt(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _attack_prompts(model: ModelRef) -> dict[str, list[str]]:
+    """The harmful prompts the input fine-tuning stage trained on, when the input model comes from one."""
+    mix = model.stage_dir / "train_mix.jsonl" if model.stage_dir else None
+    if mix is None or not mix.is_file():
+        return {}
+    return {f"the attack data ({mix})": [r["prompt"] for r in read_file(mix) if r.get("source") == "harmful"]}
 
 
 # ------------------------------------------------------------------------------------------- training core

@@ -45,14 +45,27 @@ class TrainingMethod:
     paper: str = ""
 
 
+@dataclass
+class RepairOutput:
+    """What a repair method returns: the model to save (the input model edited in place, or a new one) and
+    JSON-able statistics for ``stage.json``."""
+
+    model: Any
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class RepairMethod:
-    """A registered post-fine-tuning method: ``repair(model, tokenizer, params, data) -> stats`` edits the
-    merged model in place and returns JSON-able statistics for ``stage.json``."""
+    """A registered post-fine-tuning method: ``repair(model, tokenizer, params, data) -> RepairOutput``.
+
+    ``model`` is the merged fine-tuned model; ``data`` holds the loaded records of each role in ``data_roles``
+    and ``input_stage_dir`` (the fine-tuning stage directory, or None), for methods that need more than the
+    merged weights (Antidote prunes the fine-tuning adapter saved there).
+    """
 
     name: str
     params_cls: type[MethodParams]
-    repair: Callable[..., dict[str, Any]]
+    repair: Callable[..., RepairOutput]
     data_roles: tuple[str, ...] = ()
     summary: str = ""
     paper: str = ""

@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import Trainer
 
-from tuneguard.methods.base import NoParams, RepairMethod, TrainingMethod, register_repair_method
+from tuneguard.methods.base import NoParams, RepairMethod, RepairOutput, TrainingMethod, register_repair_method
 from tuneguard.methods.base import register_training_method as _register
 
 
@@ -46,8 +46,8 @@ SFT = _register(
 )
 
 
-def _identity_repair(model: Any, tokenizer: Any, params: NoParams, data: dict[str, Any]) -> dict[str, Any]:
-    return {}
+def _identity_repair(model: Any, tokenizer: Any, params: NoParams, data: dict[str, Any]) -> RepairOutput:
+    return RepairOutput(model, {})
 
 
 NONE_REPAIR = register_repair_method(

@@ -219,3 +219,14 @@ def test_alpaca_template_is_the_papers_format():
     text = template.format("Analyze the sentiment")
     assert text == ALPACA_NO_INPUT.format(instruction="Analyze the sentiment")
     assert text.endswith("### Response:\n")
+
+
+def test_a_list_of_sources_is_concatenated_with_unique_ids(tmp_path):
+    from tuneguard.config import AlignConfig
+
+    (tmp_path / "a.json").write_text(json.dumps(ROWS))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"prompt": "say yes", "response": "yes"}) + "\n")
+    cfg = AlignConfig.model_validate({"alignment_data": [str(tmp_path / "a.json"), str(tmp_path / "b.jsonl")]})
+    records = load_records(cfg.alignment_data)
+    assert [r["prompt"] for r in records] == ["say hi", "say bye", "say yes"]
+    assert [r["id"] for r in records] == ["0:0", "0:1", "1:0"]

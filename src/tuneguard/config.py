@@ -122,7 +122,11 @@ class _TrainStage(_Strict):
 class AlignConfig(_TrainStage):
     """Stage 1: the provider aligns the base model on harmful prompt -> safe answer data."""
 
-    alignment_data: DataSource = Field(default_factory=lambda: DataSource(source="offline:alignment"))
+    alignment_data: DataSource | list[DataSource] = Field(
+        default_factory=lambda: DataSource(source="offline:alignment"),
+        description="Harmful prompt -> refusal data; a list of sources is concatenated (e.g. safety data plus "
+        "some benign instruction data, as providers align for safety and helpfulness together).",
+    )
     harmful_data: DataSource | None = Field(None, description="Harmful pairs, for methods that need them.")
 
 

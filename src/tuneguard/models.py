@@ -27,7 +27,7 @@ class ModelLoadError(ValueError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TUNEGUARD_CACHE", Path.home() / ".cache" / "tuneguard"))
+    return Path(os.environ.get("TUNEGUARD_CACHE") or Path.home() / ".cache" / "tuneguard")
 
 
 def resolve_model_path(settings: ModelSettings) -> tuple[str, str | None]:

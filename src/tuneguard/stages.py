@@ -184,7 +184,7 @@ def _train_stage(
     *,
     overwrite: bool,
 ) -> StageResult:
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     method = get_training_method(stage, cfg.method)
     params = parse_params(method.params_cls, cfg.method_args, f"{stage}.method_args")
@@ -206,6 +206,9 @@ def _train_stage(
     aux = {}
     for role in method.data_roles:
         aux[role], _ = tokenize_sft(data[role], tokenizer, template, cfg.max_length, f"{stage}.{role}")
+    # Seed before the adapter is created: its initialisation must not depend on what ran earlier in the process
+    # (e.g. whether the previous stage was trained here or reused from the store).
+    set_seed(cfg.training.seed)
     net = prepare_for_training(net, cfg.finetuning_type, cfg.lora)
     t = cfg.training
     args = TrainingArguments(

@@ -54,8 +54,19 @@ def _offline_source(name: str, spec: DataSource) -> list[Record]:
         raise DataError(f"offline:{name}", str(exc)) from None
 
 
-def load_records(spec: DataSource | str, *, require_label: bool = False) -> list[Record]:
-    """Load, normalise, validate and (when ``num_samples`` is set) subsample records."""
+def load_records(spec: DataSource | str | list[DataSource], *, require_label: bool = False) -> list[Record]:
+    """Load, normalise, validate and (when ``num_samples`` is set) subsample records.
+
+    A list of sources is concatenated in order; with more than one, ids are prefixed by the source's position
+    (``"1:17"``) so they stay unique."""
+    if isinstance(spec, list):
+        if len(spec) == 1:
+            return load_records(spec[0], require_label=require_label)
+        return [
+            {**r, "id": f"{k}:{r['id']}"}
+            for k, one in enumerate(spec)
+            for r in load_records(one, require_label=require_label)
+        ]
     if isinstance(spec, str):
         spec = DataSource(source=spec)
     where = spec.source

@@ -68,3 +68,41 @@ def write_results(
         "markdown": write_text_atomic(out_dir / f"{stem}.md", md),
         "csv": write_text_atomic(out_dir / f"{stem}.csv", csv_text(rows)),
     }
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    metrics: Sequence[str] = ("harmful_score", "finetune_accuracy"),
+) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of ``metrics`` over the rows sharing ``group_by`` values (e.g. seeds),
+    in first-seen group order. Each output row has the group keys, ``n``, ``<metric>`` (mean) and ``<metric>_std``."""
+    import statistics
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        summary: dict[str, Any] = dict(zip(group_by, key, strict=True)) | {"n": len(members)}
+        for m in metrics:
+            values = [r[m] for r in members if r.get(m) is not None]
+            if values:
+                summary[m] = statistics.fmean(values)
+                summary[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(summary)
+    return out
+
+
+def mean_std_table(
+    summary: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[tuple[str, str]]
+) -> str:
+    """Markdown table of ``summarize`` output: group columns, then 'mean ± std' per (metric, header)."""
+    headers = [*group_by, "seeds", *(h for _, h in metrics)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in summary:
+        cells = [str(row.get(k, "-")) for k in group_by] + [str(row["n"])]
+        for m, _ in metrics:
+            cells.append(f"{row[m]:.1f} ± {row[m + '_std']:.1f}" if m in row else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

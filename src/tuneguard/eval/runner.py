@@ -52,7 +52,7 @@ def run_evaluate(
         net = net.to("cuda")
     template = resolve_template(cfg.template, tokenizer)
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
-    harmful_answers = generate(net, tokenizer, [template.format(r["prompt"]) for r in harmful], **gen)
+    harmful_answers = _generate_with_progress(net, tokenizer, template, harmful, "harmful prompts", gen)
     verdicts = {name: get_judge(name)([r["prompt"] for r in harmful], harmful_answers) for name in judge_names}
     metrics: dict[str, Any] = {
         "harmful_score": harmful_score(verdicts[judge_names[0]]),
@@ -72,7 +72,7 @@ def run_evaluate(
         for i, (r, a) in enumerate(zip(harmful, harmful_answers, strict=True))
     ]
     if task:
-        task_answers = generate(net, tokenizer, [template.format(r["prompt"]) for r in task], **gen)
+        task_answers = _generate_with_progress(net, tokenizer, template, task, "task test set", gen)
         labels = [r["label"] for r in task]
         metrics["finetune_accuracy"] = task_accuracy(task_answers, labels, cfg.accuracy_mode)
         metrics["num_task_examples"] = len(task)
@@ -106,6 +106,15 @@ def run_evaluate(
             "timings": {"wall_s": round(time.time() - start, 2)},
         },
     )
+
+
+def _generate_with_progress(
+    model: Any, tokenizer: Any, template: Any, records: list[dict], what: str, gen: dict[str, int]
+) -> list[str]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(records), desc=f"generating: {what}", unit="prompt", leave=False) as bar:
+        return generate(model, tokenizer, [template.format(r["prompt"]) for r in records], progress=bar.update, **gen)
 
 
 @torch.no_grad()

@@ -1,0 +1,100 @@
+"""Lisa vs BSO vs SFT on the offline benchmark (issue: Lisa and BSO), with seeds.
+
+The paper's claim to check: with few alignment steps (K_a/K_f = 1/9), Lisa's harmful score is well below SFT's
+at nearly the same fine-tune accuracy, and Lisa beats BSO. Run by hand (minutes on 2 CPU cores):
+
+    .venv/bin/python benchmarks/lisa_offline.py --seeds 0 1 2 --poison-ratio 0.2
+
+Writes benchmarks/results/lisa_offline.md (mean ± std over seeds) and the per-run CSV next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from tuneguard.config import load_config  # noqa: E402
+from tuneguard.pipeline import run_experiment  # noqa: E402
+from tuneguard.report import csv_text, mean_std_table, summarize, write_text_atomic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = (("harmful_score", "HS (%)"), ("finetune_accuracy", "FA (%)"), ("compliance_probability", "P(comply) (%)"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "examples" / "demo.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--poison-ratio", type=float, default=0.2)
+    parser.add_argument("--alignment-steps", type=int, default=4, help="K_a per cycle")
+    parser.add_argument("--finetune-steps", type=int, default=36, help="K_f per cycle")
+    parser.add_argument("--rho", type=float, nargs="+", default=[1.0], help="Lisa proximal strengths to run")
+    parser.add_argument("--output-dir", default="/tmp/tuneguard-bench/lisa")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "lisa_offline"))
+    args = parser.parse_args()
+
+    schedule = [
+        f"finetune.method_args.alignment_steps={args.alignment_steps}",
+        f"finetune.method_args.finetune_steps={args.finetune_steps}",
+    ]
+    variants = [("sft", [])]
+    variants.append(("bso", ["finetune.method=bso", "finetune.alignment_data=offline:alignment", *schedule]))
+    for rho in args.rho:
+        variants.append(
+            (
+                f"lisa rho={rho:g}",
+                [
+                    "finetune.method=lisa",
+                    "finetune.alignment_data=offline:alignment",
+                    *schedule,
+                    f"finetune.method_args.rho={rho}",
+                ],
+            )
+        )
+    rows = []
+    for name, overrides in variants:
+        for seed in args.seeds:
+            cfg = load_config(
+                args.config,
+                [
+                    f"output_dir={args.output_dir}",
+                    f"finetune.user_data.poison_ratio={args.poison_ratio}",
+                    f"finetune.user_data.seed={seed}",
+                    f"finetune.training.seed={seed}",
+                    *overrides,
+                ],
+            )
+            start = time.time()
+            result = run_experiment(cfg)
+            metrics = result.metrics("final")
+            rows.append(
+                {
+                    "method": name,
+                    "seed": seed,
+                    "poison_ratio": args.poison_ratio,
+                    **{k: metrics.get(k) for k, _ in METRICS},
+                    "wall_s": round(time.time() - start, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    summary = summarize(rows, ["method"], [k for k, _ in METRICS])
+    header = (
+        f"Offline benchmark, p = {args.poison_ratio}, K_a/K_f = {args.alignment_steps}/{args.finetune_steps}, "
+        f"seeds {args.seeds} (mean ± std). Command: python benchmarks/lisa_offline.py "
+        f"--seeds {' '.join(map(str, args.seeds))} --poison-ratio {args.poison_ratio} "
+        f"--alignment-steps {args.alignment_steps} --finetune-steps {args.finetune_steps} "
+        f"--rho {' '.join(f'{r:g}' for r in args.rho)}\n\n"
+    )
+    table = mean_std_table(summary, ["method"], METRICS)
+    write_text_atomic(args.results + ".md", header + table)
+    write_text_atomic(args.results + ".csv", csv_text(rows))
+    print(header + table)
+
+
+if __name__ == "__main__":
+    main()

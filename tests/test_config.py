@@ -64,3 +64,20 @@ def test_packaged_demo_config_validates():
     cfg = load_config(str(resources.files("tuneguard") / "configs" / "demo.yaml"))
     assert cfg.model.model_name_or_path == "offline:tiny"
     assert cfg.finetune.method == "sft"
+
+
+def test_every_example_config_validates_with_its_method_args():
+    from pathlib import Path
+
+    from tuneguard.methods import get_training_method
+    from tuneguard.methods.base import parse_params
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        for stage in ("align", "finetune"):
+            stage_cfg = getattr(cfg, stage)
+            if stage_cfg is not None:
+                method = get_training_method(stage, stage_cfg.method)
+                parse_params(method.params_cls, stage_cfg.method_args, f"{path.name}: {stage}.method_args")

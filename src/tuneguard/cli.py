@@ -209,7 +209,11 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
     if not verbose:
+        import warnings
+
         import transformers
+
+        warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
 
         transformers.logging.set_verbosity_error()
         logging.getLogger("tuneguard").setLevel(logging.INFO)

@@ -80,6 +80,44 @@ class _Registry:
 _REGISTRY = _Registry()
 
 
+def trainer_builder(
+    trainer_cls: type,
+    *,
+    params_kwarg: str | None = None,
+    params_cls: type[MethodParams] | None = None,
+    datasets: dict[str, str] | None = None,
+) -> Callable[..., Any]:
+    """The ``build_trainer`` of a method whose trainer takes the standard ``Trainer`` arguments plus its
+    parameters (as ``params_kwarg``, defaulting to ``params_cls()``) and auxiliary data sets (``datasets`` maps a
+    data role to the constructor keyword, e.g. ``{"harmful_data": "harmful_dataset"}``)."""
+
+    def build_trainer(
+        *,
+        model: Any,
+        args: Any,
+        train_dataset: Any,
+        data_collator: Any,
+        processing_class: Any = None,
+        params: MethodParams | None = None,
+        aux_datasets: dict[str, Any] | None = None,
+        callbacks: list[Any] | None = None,
+    ) -> Any:
+        extra = {keyword: (aux_datasets or {}).get(role) for role, keyword in (datasets or {}).items()}
+        if params_kwarg is not None:
+            extra[params_kwarg] = params if params is not None or params_cls is None else params_cls()
+        return trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            data_collator=data_collator,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            **extra,
+        )
+
+    return build_trainer
+
+
 def register_training_method(method: TrainingMethod) -> TrainingMethod:
     for stage in method.stages:
         if stage not in ("align", "finetune"):

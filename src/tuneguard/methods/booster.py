@@ -33,7 +33,7 @@ from transformers import Trainer
 
 from tuneguard.methods._hooks import HarmfulDataMixin, MetricWindow, check_engine, global_norm, perturbed_weights
 from tuneguard.methods._shared import trainable_parameters
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
 
 PAPER = "arXiv:2409.01586"
 NORM_EPS = 1e-7  # added to ||∇h|| before dividing, as in the authors' code
@@ -165,35 +165,14 @@ class BoosterTrainer(BoosterMixin, Trainer):
     """``transformers.Trainer`` with Booster's gradient (arXiv 2409.01586); see :class:`BoosterMixin`."""
 
 
-def build_booster_trainer(
-    *,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    data_collator: Any,
-    processing_class: Any = None,
-    params: BoosterParams | None = None,
-    aux_datasets: dict[str, Any] | None = None,
-    callbacks: list[Any] | None = None,
-) -> BoosterTrainer:
-    return BoosterTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=callbacks,
-        harmful_dataset=(aux_datasets or {}).get("harmful_data"),
-        booster_params=params,
-    )
-
-
 BOOSTER = register_training_method(
     TrainingMethod(
         name="booster",
         stages=("align",),
         params_cls=BoosterParams,
-        build_trainer=build_booster_trainer,
+        build_trainer=trainer_builder(
+            BoosterTrainer, params_kwarg="booster_params", datasets={"harmful_data": "harmful_dataset"}
+        ),
         data_roles=("harmful_data",),
         summary="Booster: align while attenuating how much a simulated harmful step lowers the harmful loss",
         paper=PAPER,

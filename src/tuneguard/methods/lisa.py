@@ -51,7 +51,7 @@ from tuneguard.methods._shared import (
     squared_distance,
     trainable_parameters,
 )
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
 
 logger = logging.getLogger(__name__)
 
@@ -464,38 +464,17 @@ def _load_lisa_state(checkpoint: str) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _builder(params_cls: type[BSOParams]) -> Any:
-    def build_trainer(
-        *,
-        model: Any,
-        args: Any,
-        train_dataset: Any,
-        data_collator: Any,
-        processing_class: Any = None,
-        params: BSOParams | None = None,
-        aux_datasets: dict[str, Any] | None = None,
-        callbacks: list[Any] | None = None,
-    ) -> LisaTrainer:
-        return LisaTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            data_collator=data_collator,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            alignment_dataset=(aux_datasets or {}).get("alignment_data"),
-            lisa_params=params if params is not None else params_cls(),
-        )
-
-    return build_trainer
-
-
 LISA = register_training_method(
     TrainingMethod(
         name="lisa",
         stages=("finetune",),
         params_cls=LisaParams,
-        build_trainer=_builder(LisaParams),
+        build_trainer=trainer_builder(
+            LisaTrainer,
+            params_kwarg="lisa_params",
+            params_cls=LisaParams,
+            datasets={"alignment_data": "alignment_dataset"},
+        ),
         data_roles=("alignment_data",),
         summary="Lisa: alternate alignment/user steps with a proximal pull to the last switch point",
         paper=PAPER,
@@ -506,7 +485,12 @@ BSO = register_training_method(
         name="bso",
         stages=("finetune",),
         params_cls=BSOParams,
-        build_trainer=_builder(BSOParams),
+        build_trainer=trainer_builder(
+            LisaTrainer,
+            params_kwarg="lisa_params",
+            params_cls=BSOParams,
+            datasets={"alignment_data": "alignment_dataset"},
+        ),
         data_roles=("alignment_data",),
         summary="BSO: alternate K_a alignment steps and K_f user steps, one optimizer (Lisa with rho = 0)",
         paper=PAPER,

@@ -50,7 +50,7 @@ from tuneguard.methods._hooks import (
     layer_modules,
     unwrap_model,
 )
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
 
 PAPER = "arXiv:2405.14577"
 
@@ -226,35 +226,14 @@ class RepNoiseTrainer(RepNoiseMixin, Trainer):
     """``transformers.Trainer`` with the RepNoise loss (arXiv 2405.14577); see :mod:`tuneguard.methods.repnoise`."""
 
 
-def build_repnoise_trainer(
-    *,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    data_collator: Any,
-    processing_class: Any = None,
-    params: RepNoiseParams | None = None,
-    aux_datasets: dict[str, Any] | None = None,
-    callbacks: list[Any] | None = None,
-) -> RepNoiseTrainer:
-    return RepNoiseTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=callbacks,
-        harmful_dataset=(aux_datasets or {}).get("harmful_data"),
-        repnoise_params=params,
-    )
-
-
 REPNOISE = register_training_method(
     TrainingMethod(
         name="repnoise",
         stages=("align",),
         params_cls=RepNoiseParams,
-        build_trainer=build_repnoise_trainer,
+        build_trainer=trainer_builder(
+            RepNoiseTrainer, params_kwarg="repnoise_params", datasets={"harmful_data": "harmful_dataset"}
+        ),
         data_roles=("harmful_data",),
         summary="RepNoise: align while pushing harmful activations to noise and ascending the harmful loss",
         paper=PAPER,

@@ -10,37 +10,22 @@ from typing import Any
 
 from transformers import Trainer
 
-from tuneguard.methods.base import NoParams, RepairMethod, RepairOutput, TrainingMethod, register_repair_method
+from tuneguard.methods.base import (
+    NoParams,
+    RepairMethod,
+    RepairOutput,
+    TrainingMethod,
+    register_repair_method,
+    trainer_builder,
+)
 from tuneguard.methods.base import register_training_method as _register
-
-
-def build_sft_trainer(
-    *,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    data_collator: Any,
-    processing_class: Any = None,
-    params: NoParams | None = None,
-    aux_datasets: dict[str, Any] | None = None,
-    callbacks: list[Any] | None = None,
-) -> Trainer:
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=callbacks,
-    )
-
 
 SFT = _register(
     TrainingMethod(
         name="sft",
         stages=("align", "finetune"),
         params_cls=NoParams,
-        build_trainer=build_sft_trainer,
+        build_trainer=trainer_builder(Trainer),
         summary="plain supervised fine-tuning (no defense; at the fine-tuning stage, the attack)",
     )
 )

@@ -37,7 +37,7 @@ from tuneguard.methods._hooks import (
     global_norm,
     layer_modules,
 )
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
 
 PAPER = "arXiv:2402.01109"
 NORM_EPS = 1e-7  # added to ||g|| before dividing, as in the authors' code
@@ -128,34 +128,12 @@ class VaccineTrainer(VaccineMixin, Trainer):
     """``transformers.Trainer`` with Vaccine's perturbation-aware step (arXiv 2402.01109); see :class:`VaccineMixin`."""
 
 
-def build_vaccine_trainer(
-    *,
-    model: Any,
-    args: Any,
-    train_dataset: Any,
-    data_collator: Any,
-    processing_class: Any = None,
-    params: VaccineParams | None = None,
-    aux_datasets: dict[str, Any] | None = None,
-    callbacks: list[Any] | None = None,
-) -> VaccineTrainer:
-    return VaccineTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        data_collator=data_collator,
-        processing_class=processing_class,
-        callbacks=callbacks,
-        vaccine_params=params,
-    )
-
-
 VACCINE = register_training_method(
     TrainingMethod(
         name="vaccine",
         stages=("align",),
         params_cls=VaccineParams,
-        build_trainer=build_vaccine_trainer,
+        build_trainer=trainer_builder(VaccineTrainer, params_kwarg="vaccine_params"),
         summary="Vaccine: align under the worst-case perturbation (norm rho) of every attention block's output",
         paper=PAPER,
     )

@@ -71,7 +71,7 @@ def align(
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Stage 1: align the base model on the provider's safety data (method: sft, ...)."""
+    """Stage 1: align the base model on the provider's safety data (align.method: sft, vaccine, booster, repnoise)."""
     _run_until("align", config, overrides, model, overwrite, verbose)
 
 
@@ -83,7 +83,9 @@ def finetune(
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Stage 2: fine-tune on the user's data (task + poison_ratio harmful); aligns first unless --model."""
+    """Stage 2: fine-tune on the user's data (task + poison_ratio harmful); aligns first unless --model.
+
+    finetune.method: sft (the attack), lisa or bso (defended fine-tuning)."""
     _run_until("finetune", config, overrides, model, overwrite, verbose)
 
 
@@ -95,7 +97,7 @@ def repair(
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Stage 3: repair the fine-tuned model (method: none, ...)."""
+    """Stage 3: repair the fine-tuned model (repair.method: none, antidote)."""
     _run_until("repair", config, overrides, model, overwrite, verbose)
 
 

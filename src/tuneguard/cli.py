@@ -56,7 +56,8 @@ DEMO_CONFIG = "demo.yaml"
 
 
 def main() -> None:
-    """Console-script entry point: clear one-line errors for bad input instead of tracebacks."""
+    """Console-script entry point: the library's user-error types (a bad config, data file, model or output
+    location) become one ``error:`` line; any other exception is a bug and keeps its traceback."""
     from tuneguard.config import ConfigError
     from tuneguard.data import DataError
     from tuneguard.models import ModelLoadError
@@ -64,7 +65,7 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, DataError, ModelLoadError, OutputError, PermissionError, ValueError) as exc:
+    except (ConfigError, DataError, ModelLoadError, OutputError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
         sys.exit(2)
 
@@ -283,6 +284,7 @@ def report_command(
 
 
 def _write_report(run_dir: Path) -> None:
+    from tuneguard.config import ConfigError
     from tuneguard.grid import GRID_RECORD
     from tuneguard.report_page import build_report
     from tuneguard.results import RESULTS_STEM, write_results_store
@@ -290,7 +292,7 @@ def _write_report(run_dir: Path) -> None:
     if (run_dir / GRID_RECORD).is_file():
         write_results_store(run_dir)  # from the store's files, in case cells finished elsewhere (shards)
     elif not (run_dir / f"{RESULTS_STEM}.jsonl").is_file():
-        raise ValueError(f"{run_dir}: not a grid run directory (no {GRID_RECORD} or {RESULTS_STEM}.jsonl)")
+        raise ConfigError(f"{run_dir}: not a grid run directory (no {GRID_RECORD} or {RESULTS_STEM}.jsonl)")
     files = build_report(run_dir)
     console.print(f"wrote {files['markdown']} and {files['html']}")
 

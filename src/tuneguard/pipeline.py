@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneguard.config import ExperimentConfig
+from tuneguard.config import ConfigError, ExperimentConfig
 from tuneguard.data import load_records
 from tuneguard.data.registry import check_experiment_sources
 from tuneguard.eval.judges import resolve_judge_names
@@ -48,7 +48,7 @@ def run_experiment(
     the run with an :class:`~tuneguard.store.InterruptedStageError`).
     """
     if overwrite and resume:
-        raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite discards it")
+        raise ConfigError("resume and overwrite exclude each other: resume continues a run, overwrite discards it")
     check_methods(cfg)
     if until not in STAGE_ORDER:
         raise ValueError(f"unknown stage {until!r}; expected one of {', '.join(STAGE_ORDER)}")

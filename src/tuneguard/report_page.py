@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneguard.report import OFFLINE_NOTE, format_mean_std, summarize, write_text_atomic
 from tuneguard.results import read_results
+from tuneguard.store import OutputError
 
 METRICS = (
     ("harmful_score", "HS (%)"),
@@ -44,7 +45,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
     run_dir = Path(run_dir)
     rows = read_results(run_dir)
     if not rows:
-        raise ValueError(f"{run_dir}: the results store is empty (no finished cell yet)")
+        raise OutputError(f"{run_dir}: the results store is empty (no finished cell yet)")
     grid = _read_grid(run_dir)
     series = _series_columns(grid, rows)
     blocks = [_Block("p", _provenance(grid, rows))]

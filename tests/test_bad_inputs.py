@@ -33,9 +33,9 @@ class Case:
 CASES = [
     # ---- data files: format, encoding, columns, values, ids, sizes
     Case("malformed_jsonl", (TASK + "{bad}/malformed.jsonl",), ("malformed.jsonl, row 2", "not valid JSON")),
-    Case("truncated_json", (TASK + "{bad}/truncated.json",), ("truncated.json, row 3", "not valid JSON")),
+    Case("truncated_json", (TASK + "{bad}/truncated.json",), ("truncated.json: not valid JSON at line 3",)),
     Case("csv_extra_fields", (TASK + "{bad}/extra_fields.csv",), ("extra_fields.csv, row 3", "more fields")),
-    Case("csv_missing_column", (TASK + "{bad}/missing_column.csv",), ("missing_column.csv, row 1", "'response'")),
+    Case("csv_missing_column", (TASK + "{bad}/missing_column.csv",), ("missing_column.csv, row 2", "'response'")),
     Case("missing_column", (TASK + "{bad}/missing_prompt.jsonl",), ("missing_prompt.jsonl, row 1", "'prompt'")),
     Case("wrong_type", (TASK + "{bad}/wrong_type.jsonl",), ("wrong_type.jsonl, row 2", "must be text, got int")),
     Case("empty_prompt", (TASK + "{bad}/empty_prompt.jsonl",), ("empty_prompt.jsonl, row 2", "empty prompt")),
@@ -56,7 +56,7 @@ CASES = [
     Case(
         "huge_row_beyond_max_length",
         (TASK + "{bad}/huge_prompt.jsonl", "finetune.user_data.num_samples=2", "finetune.user_data.poison_ratio=0"),
-        ("finetune.train, row", "max_length=256 leaves no room"),
+        ("finetune.user_data (", "huge_prompt.jsonl), row 2:", "max_length=256 leaves no room"),
     ),
     Case(
         "task_test_without_label",
@@ -213,7 +213,7 @@ def test_an_unwritable_output_directory_is_named(base_config, tiny_experiment, m
 
     monkeypatch.setattr(Path, "write_text", denied)
     code, err = run_cli(monkeypatch, capsys, ["finetune", str(base_config)])
-    assert_one_clear_error(code, err, ("cannot write to the stage directory", "finetune", "Permission denied"))
+    assert_one_clear_error(code, err, ("output_dir", "cannot write into it: permission denied"))
     assert_nothing_lost(Path(tiny_experiment.output_dir))
 
 

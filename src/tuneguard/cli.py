@@ -129,15 +129,16 @@ def evaluate(
     if model is not None:
         _setup_logging(verbose)
         from tuneguard.config import ModelSettings, load_config
-        from tuneguard.data.registry import check_accuracy_mode
         from tuneguard.eval.runner import run_evaluate
+        from tuneguard.preflight import preflight
         from tuneguard.store import ModelRef
 
         cfg = load_config(config, overrides)
-        if cfg.eval.task_test is not None:
-            check_accuracy_mode(cfg.eval.task_test, cfg.eval.accuracy_mode)
         ref = ModelRef.from_settings(ModelSettings(model_name_or_path=model))
-        res = run_evaluate(cfg.eval, ref, cfg.output_dir, overwrite=overwrite, resume=resume)
+        plan = preflight(cfg, start_model=ref, stages=("eval",))
+        res = run_evaluate(
+            cfg.eval, ref, cfg.output_dir, overwrite=overwrite, resume=resume, roles=plan.roles, model_name=model
+        )
         _print_rows([{"model": model, **res.metrics, "directory": str(res.directory)}])
         if show_text:
             _print_answers({model: res.directory})

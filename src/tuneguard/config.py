@@ -109,7 +109,7 @@ class TrainingSettings(_Strict):
             return value
         import dataclasses
 
-        from transformers import TrainingArguments
+        from transformers.training_args import TrainingArguments
 
         known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
         problems = []
@@ -230,8 +230,10 @@ class FinetuneConfig(_TrainStage):
     """Stage 2: the user's fine-tuning job (task data + a fraction of harmful data)."""
 
     user_data: UserDataSettings = Field(default_factory=UserDataSettings)
-    alignment_data: DataSource | None = Field(
-        None, description="The provider's alignment data, for fine-tuning-stage defenses (Lisa, BSO)."
+    alignment_data: DataSource | list[DataSource] | None = Field(
+        None,
+        description="The provider's alignment data, for fine-tuning-stage defenses (Lisa, BSO); unset, they use "
+        "the alignment stage's data (align.alignment_data), as the papers do.",
     )
 
 

@@ -41,7 +41,7 @@ def file_problem(path: Path) -> str | None:
             return f"is a broken symbolic link (to {os.readlink(path)})"
         return "file not found"
     except OSError as exc:
-        return _os_problem(exc)
+        return os_problem(exc)
     if stat.S_ISDIR(info.st_mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(info.st_mode):
@@ -49,14 +49,24 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
-def _os_problem(exc: OSError) -> str:
+def os_problem(exc: OSError) -> str:
+    """A short phrase for an OS error met while reading a path."""
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link loop"
+    return f"cannot be read: {os_reason(exc)}"
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call on a path failed, in words."""
     reasons = {
-        errno.ELOOP: "is a symbolic link loop",
-        errno.ENOTDIR: "cannot exist: a folder on its path is a file",
-        errno.ENAMETOOLONG: "the path or one of its names is too long for the file system",
-        errno.EACCES: "cannot be read: permission denied",
+        errno.ELOOP: "a symbolic link loop",
+        errno.ENOTDIR: "a folder on its path is a file",
+        errno.ENAMETOOLONG: "a name on its path is too long for the file system",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "the disk is full",
     }
-    return reasons.get(exc.errno or 0, f"cannot be read ({exc.strerror or exc})")
+    return reasons.get(exc.errno or 0, exc.strerror or str(exc))
 
 
 def check_readable_file(path: Path, error: ErrorFactory) -> None:
@@ -74,7 +84,7 @@ def read_config_text(path: Path, error: ErrorFactory, *, max_bytes: int = MAX_CO
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise error(f"{path}: {_os_problem(exc)}") from None
+        raise error(f"{path}: {os_problem(exc)}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -168,3 +178,28 @@ def check_plain_name(name: str, what: str, error: ErrorFactory) -> str:
             "or '-', at most 200 characters), no '/'"
         )
     return name
+
+
+def make_writable_dir(path: Path, what: str, error: ErrorFactory, *, room: int = 0) -> Path:
+    """Create the directory ``path`` (``what`` names it in errors: a config key or an environment variable) and
+    check that it is writable and leaves ``room`` bytes of path length for the files below it."""
+    path = path.expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise error(f"{what}: is a file, not a directory") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot be created: {os_reason(exc)}") from None
+    try:
+        limit = os.pathconf(path, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    if len(str(path.resolve())) + room > limit:
+        raise error(f"{what}: too long: the files below it would exceed the {limit}-byte path limit")
+    probe = path / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise error(f"{what}: cannot write into it: {os_reason(exc)}") from None
+    return path

@@ -311,15 +311,21 @@ def _excludes(spec: DataSource, other: DataSource) -> bool:
 
 def _training_sources(cfg: ExperimentConfig) -> Iterator[tuple[str, DataSource]]:
     if cfg.align is not None:
-        aligned = cfg.align.alignment_data
-        for k, spec in enumerate(aligned if isinstance(aligned, list) else [aligned]):
-            yield f"align.alignment_data[{k}]", spec
+        yield from _each_source("align.alignment_data", cfg.align.alignment_data)
         if cfg.align.harmful_data is not None:
             yield "align.harmful_data", cfg.align.harmful_data
     if cfg.finetune is not None:
         yield "finetune.user_data.harmful_data", cfg.finetune.user_data.harmful_data
         yield "finetune.user_data.task_data", cfg.finetune.user_data.task_data
         if cfg.finetune.alignment_data is not None:
-            yield "finetune.alignment_data", cfg.finetune.alignment_data
+            yield from _each_source("finetune.alignment_data", cfg.finetune.alignment_data)
     if cfg.repair.realign_data is not None:
         yield "repair.realign_data", cfg.repair.realign_data
+
+
+def _each_source(key: str, value: DataSource | list[DataSource]) -> Iterator[tuple[str, DataSource]]:
+    if isinstance(value, list):
+        for k, spec in enumerate(value):
+            yield f"{key}[{k}]", spec
+    else:
+        yield key, value

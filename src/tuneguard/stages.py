@@ -37,6 +37,7 @@ from tuneguard.methods.base import (
 )
 from tuneguard.models import count_parameters, load_model_and_tokenizer, merge_lora, prepare_for_training
 from tuneguard.models import save_model_atomic as save_model
+from tuneguard.progress import stage_label, use_stage_progress
 from tuneguard.roles import (
     Roles,
     align_data,
@@ -241,6 +242,8 @@ def _train_stage(
         aux_datasets=aux,
         callbacks=[_log_at_checkpoints()],
     )
+    ratio = cfg.user_data.poison_ratio if isinstance(cfg, FinetuneConfig) else None
+    use_stage_progress(trainer, stage_label(stage, cfg.method, ratio))
     checkpoint = last_checkpoint(directory / CHECKPOINTS)
     if checkpoint:
         logger.info("%s: resuming from %s", stage, checkpoint)

@@ -92,9 +92,10 @@ class BSOParams(MethodParams):
         return k_a, scaled - k_a
 
     def schedule_warning(self, total_steps: int) -> str | None:
-        """What is wrong with the schedule for a run of ``total_steps`` optimizer steps, if anything."""
+        """What is wrong with an explicit schedule for a run of ``total_steps`` optimizer steps, if anything (an
+        unset one is scaled to the run)."""
         k_a, k_f = self.schedule(total_steps)
-        if k_a == 0:
+        if k_a == 0 or not {"alignment_steps", "finetune_steps", "alignment_ratio"} & self.model_fields_set:
             return None
         if total_steps <= k_a:
             return (

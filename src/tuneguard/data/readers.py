@@ -214,7 +214,8 @@ def _not_json(name: str) -> Any:
 def _read_csv(text: str, where: str) -> tuple[list[Any], list[int]]:
     old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
+        # strict: an unterminated quote is an error, not a field that swallows the rest of the file
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         rows, numbers = [], []
         header: list[str] | None = None
         start = 1
@@ -229,9 +230,7 @@ def _read_csv(text: str, where: str) -> tuple[list[Any], list[int]]:
                 if len(fields) > len(header):
                     raise DataError(where, "more fields than the header has columns", row=row_number)
                 if len(fields) < len(header):
-                    raise DataError(
-                        where, f"{len(fields)} fields but the header has {len(header)} columns", row=row_number
-                    )
+                    raise DataError(where, f"has {len(fields)} of the header's {len(header)} columns", row=row_number)
                 rows.append(dict(zip(header, fields, strict=True)))
                 numbers.append(row_number)
         except csv.Error as exc:

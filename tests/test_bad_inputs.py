@@ -324,6 +324,20 @@ CASES = [
         "grid",
         "{root}/benchmarks/efficacy.yaml",
     ),
+    Case(
+        "grid_output_dir_is_a_file",
+        ("output_dir={bad}/empty.jsonl",),
+        ("output_dir", "is a file, not a directory"),
+        command="grid",
+        config="{root}/benchmarks/efficacy.yaml",
+    ),
+    Case(
+        "grid_cell_without_a_data_role",
+        ("--cell", "0", "align.method=booster", "output_dir={tmp}/grid"),
+        ("cell 0: sft, poison_ratio=0.0, seed=0", "align.harmful_data: align method 'booster' needs it"),
+        command="grid",
+        config="{root}/benchmarks/efficacy.yaml",
+    ),
     Case("report_of_a_non_grid_folder", ("{bad}",), ("not a grid run directory",), command="report", config=""),
 ]
 
@@ -377,8 +391,8 @@ def assert_nothing_lost(output_dir: Path) -> None:
     assert not [p for p in output_dir.rglob("*.tmp")], "a temporary file was left behind"
 
 
-def test_the_corpus_has_at_least_110_cases_every_file_is_used_and_names_are_unique():
-    assert len(CASES) >= 110
+def test_the_corpus_has_at_least_115_cases_every_file_is_used_and_names_are_unique():
+    assert len(CASES) >= 115
     assert len({c.name for c in CASES}) == len(CASES)
     used = " ".join(" ".join(c.args) + f" {c.config}" for c in CASES)
     unused = [p.name for p in BAD.iterdir() if p.name != "README.md" and p.name not in used]

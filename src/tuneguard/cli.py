@@ -354,10 +354,10 @@ def _print_table(table: Table) -> None:
 
 def _print_answers(directories: dict[str, Path], per_set: int = 5) -> None:
     """Print the first answers of each evaluation (``--show-text`` only: they may be harmful text)."""
-    import json
+    from tuneguard.data import read_file
 
     for name, directory in directories.items():
-        rows = [json.loads(line) for line in (directory / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = read_file(directory / "generations.jsonl")  # split at \n only: an answer may hold U+2028
         for kind in ("harmful", "task"):
             for row in [r for r in rows if r["set"] == kind][:per_set]:
                 console.print(f"{name} {kind} #{row['id']}: {row['answer']!r}", highlight=False, markup=False)

@@ -308,6 +308,7 @@ def run_grid(
     cells = expand_grid(spec)
     selected = select_cells(cells, shard=shard, cell=cell)
     run_dir = spec.run_dir
+    preflight_cells(spec, [c for c in selected if overwrite or not cell_record_path(run_dir, c).is_file()])
     (run_dir / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / GRID_RECORD, grid_record(spec, cells))
     if overwrite:
@@ -326,6 +327,21 @@ def run_grid(
         write_results_store(run_dir)
     write_results_store(run_dir)
     return outcome
+
+
+def preflight_cells(spec: GridSpec, cells: list[Cell]) -> None:
+    """Check every cell that will run before the first one trains: its methods, data roles (each distinct data
+    source loaded once for the whole grid), TrainingArguments and the output directory. The tokenization of each
+    cell's training data is checked when the cell runs (``run_experiment``'s own pre-flight)."""
+    from tuneguard.preflight import check_output_dir, preflight
+
+    check_output_dir(spec.output_dir)
+    loaded: dict[str, Any] = {}
+    for c in cells:
+        try:
+            preflight(c.config, role_cache=loaded, tokenize=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.source} (cell {c.index}: {c.label}): {exc}") from None
 
 
 def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tuneguard.config import ExperimentConfig
 from tuneguard.data import resolve_template, tokenize_sft
+from tuneguard.data.records import Records
 from tuneguard.data.registry import check_experiment_sources
 from tuneguard.eval.judges import resolve_judge_names
 from tuneguard.methods.base import get_repair_method, parse_params
@@ -96,8 +97,13 @@ def preflight(
     until: str = "eval",
     start_model: ModelRef | None = None,
     stages: tuple[str, ...] | None = None,
+    role_cache: dict[str, Records] | None = None,
+    tokenize: bool = True,
 ) -> Plan:
-    """Check everything the stages up to ``until`` need (or exactly ``stages``) before any of them runs."""
+    """Check everything the stages up to ``until`` need (or exactly ``stages``) before any of them runs.
+
+    ``role_cache`` shares loaded sources between the pre-flights of several experiments (a grid's cells);
+    ``tokenize=False`` leaves out step 6 (the grid checks it per cell, when the cell runs)."""
     stages = stages if stages is not None else stages_to_run(cfg, until, start_model)
     cfg = with_default_roles(cfg)
     check_methods(cfg)
@@ -106,12 +112,13 @@ def preflight(
             training_arguments(getattr(cfg, stage).training, Path(cfg.output_dir) / stage, stage)
     check_output_dir(cfg.output_dir)
     check_experiment_sources(cfg)
-    roles = load_roles(experiment_roles(cfg, stages))
+    roles = load_roles(experiment_roles(cfg, stages), role_cache)
     if "finetune" in stages:
         finetune_data(cfg.finetune, roles)  # draws the user data set: n and p must fit the data
     for check in ROLE_CHECKS:
         check(roles)
-    _check_tokenization(cfg, stages, roles, start_model or ModelRef.from_settings(cfg.model))
+    if tokenize:
+        _check_tokenization(cfg, stages, roles, start_model or ModelRef.from_settings(cfg.model))
     return Plan(config=cfg, stages=stages, roles=roles)
 
 

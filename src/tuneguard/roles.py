@@ -13,6 +13,7 @@ from the loaded roles, so the pipeline reads every file once and the stages see 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,12 @@ class Role:
 
     def load(self) -> Records:
         return load_records(self.source, require_label=self.require_label, numeric_labels=self.numeric_labels)
+
+    @property
+    def identity(self) -> str:
+        """Two roles with the same identity load the same records (e.g. across the cells of a grid)."""
+        sources = self.source if isinstance(self.source, list) else [self.source]
+        return json.dumps([[s.model_dump(mode="json") for s in sources], self.require_label, self.numeric_labels])
 
 
 def with_default_roles(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -102,9 +109,16 @@ def _method_roles(stage: str, cfg: Any, data_roles: tuple[str, ...]) -> list[Rol
     return roles
 
 
-def load_roles(roles: list[Role]) -> Roles:
-    """Each role's records, loaded (and validated) once, in the given order."""
-    return {role.key: role.load() for role in roles}
+def load_roles(roles: list[Role], cache: dict[str, Records] | None = None) -> Roles:
+    """Each role's records, loaded (and validated) once, in the given order; with ``cache`` (identity -> records),
+    a source already loaded for another experiment is not read again."""
+    cache = cache if cache is not None else {}
+    loaded = {}
+    for role in roles:
+        if role.identity not in cache:
+            cache[role.identity] = role.load()
+        loaded[role.key] = cache[role.identity]
+    return loaded
 
 
 # ------------------------------------------------------------------------------------- data of each stage

@@ -338,6 +338,8 @@ CASES = [
         command="grid",
         config="{root}/benchmarks/efficacy.yaml",
     ),
+    Case("demo_ratio_not_a_number", ("--poison-ratios", "0,nan"), ("--poison-ratios: 'nan'",), "demo", ""),
+    Case("demo_ratio_above_one", ("--poison-ratios", "0,2"), ("'2' is not a number in [0, 1]",), "demo", ""),
     Case("report_of_a_non_grid_folder", ("{bad}",), ("not a grid run directory",), command="report", config=""),
 ]
 

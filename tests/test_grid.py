@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneguard.config import ConfigError, dump_config
+from tuneguard.data import DataError
 from tuneguard.grid import alignment_group, expand_grid, load_grid, parse_grid, run_grid, select_cells
 from tuneguard.pipeline import run_experiment
 
@@ -209,3 +210,20 @@ def test_a_grid_killed_inside_a_stage_stops_until_resume_then_continues_from_the
     assert len(outcome.ran) == 2
     trained = [json.loads(p.read_text()) for p in tiny_grid.output_dir.glob("*/*/stage.json")]
     assert sum(bool(info.get("resumed_from")) for info in trained) == 1  # the killed stage, from its checkpoint
+
+
+def test_every_cell_is_checked_before_the_first_cell_trains(tiny_experiment, small_data, monkeypatch):
+    """The last cell's variant lacks a data role its method needs, and another one reads a bad file: the grid
+    stops before any cell trains, naming the cell."""
+    from transformers import Trainer
+
+    monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("a cell trained before the grid was checked"))
+    raw = {"name": "checked", "base": dump_config(tiny_experiment), "variants": {"sft": {}, "booster": {}}}
+    raw["variants"]["booster"] = {"align.method": "booster"}  # needs align.harmful_data
+    with pytest.raises(ConfigError, match=r"cell 1: booster\): align\.harmful_data: align method 'booster' needs it"):
+        run_grid(parse_grid(raw))
+    raw["variants"]["booster"] = {"align.method": "booster", "align.harmful_data": str(small_data["harmful_eval"])}
+    raw["variants"]["sft"] = {"eval.task_test": str(small_data["harmful_eval"])}  # no labels
+    with pytest.raises(DataError, match=r"harmful_eval\.jsonl, row 1: task records need a 'label'"):
+        run_grid(parse_grid(raw))
+    assert not (Path(tiny_experiment.output_dir) / "align").exists()

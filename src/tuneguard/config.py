@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a nan or inf (YAML .nan, 1e400) is "not a finite number", never a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- building blocks
@@ -47,6 +48,13 @@ class ModelSettings(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     trust_remote_code: bool = False
     revision: str | None = None
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _inside_the_model_folder(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts or not value.strip()):
+            raise ValueError("a file name inside model_name_or_path (no absolute path, no '..')")
+        return value
 
 
 class LoraSettings(_Strict):
@@ -92,6 +100,41 @@ class TrainingSettings(_Strict):
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="Any other TrainingArguments field, passed through unchanged."
     )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _training_arguments_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Names only; the values are checked by building the TrainingArguments before the first stage trains.
+        if not value:
+            return value
+        import dataclasses
+
+        from transformers.training_args import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+        problems = []
+        for key in value:
+            if key in cls.model_fields and key != "extra_args":
+                problems.append(f"{key!r} is a field of training itself: set training.{key}")
+            elif key in MANAGED_TRAINING_ARGS:
+                problems.append(f"{key!r} is set by tuneguard ({MANAGED_TRAINING_ARGS[key]})")
+            elif key not in known:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.7)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{key!r} is not a transformers.TrainingArguments field{hint}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+# TrainingArguments that every training stage sets itself (so extra_args may not): name -> what it is set to.
+MANAGED_TRAINING_ARGS = {
+    "output_dir": "the stage directory's checkpoints/",
+    "save_strategy": "'steps', every training.save_steps",
+    "data_seed": "training.seed",
+    "remove_unused_columns": "False: the stages' data sets hold exactly the model inputs",
+    "dataloader_pin_memory": "on when CUDA is available",
+}
 
 
 class DataSource(_Strict):
@@ -187,8 +230,10 @@ class FinetuneConfig(_TrainStage):
     """Stage 2: the user's fine-tuning job (task data + a fraction of harmful data)."""
 
     user_data: UserDataSettings = Field(default_factory=UserDataSettings)
-    alignment_data: DataSource | None = Field(
-        None, description="The provider's alignment data, for fine-tuning-stage defenses (Lisa, BSO)."
+    alignment_data: DataSource | list[DataSource] | None = Field(
+        None,
+        description="The provider's alignment data, for fine-tuning-stage defenses (Lisa, BSO); unset, they use "
+        "the alignment stage's data (align.alignment_data), as the papers do.",
     )
 
 
@@ -207,6 +252,7 @@ class EvalConfig(_Strict):
     task_test: DataSource | None = Field(default_factory=lambda: DataSource(source="offline:task_test"))
     judges: list[str] = Field(
         default_factory=lambda: ["auto"],
+        min_length=1,
         description="Judges of the harmful score, the first one reported as HS: 'auto' (offline for offline prompts, "
         "else refusal), 'offline', 'refusal', 'beaverdam', 'llamaguard'. Several judges: agreement is reported.",
     )
@@ -269,7 +315,11 @@ def load_config(
     cls: type[BaseModel] = ExperimentConfig,
 ) -> Any:
     """Read a YAML file or ``preset:NAME`` (or start from defaults), apply ``key.sub=value`` overrides, validate
-    into ``cls``."""
+    into ``cls``.
+
+    The file is untrusted input (``tuneguard.untrusted``): a regular file of at most 1 MiB, YAML of bounded depth
+    and size. A file without settings (empty, or comments only) is refused: running the default experiment in
+    its place would be a surprise."""
     raw: dict[str, Any] = {}
     where = "<defaults>"
     if path is not None:
@@ -280,34 +330,40 @@ def load_config(
             p = resolve_config_path(path)
         except UnknownPresetError as exc:
             raise ConfigError(str(exc)) from None
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
-        raw = loaded
+        raw = read_yaml_mapping(p, "an experiment config")
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw, cls, where)
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a config-like YAML file; every problem is a ConfigError naming the file."""
+    from tuneguard.untrusted import file_problem, load_yaml, read_config_text
+
+    if file_problem(path) == "file not found":
+        raise ConfigError(f"config file not found: {path}")
+    loaded = load_yaml(read_config_text(path, ConfigError), str(path), ConfigError)
+    if loaded is None or loaded == {}:
+        raise ConfigError(
+            f"{path}: no settings (the file is empty); {what} needs at least one key "
+            "(`tuneguard presets demo` prints a complete one)"
+        )
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null, true)."""
+    from tuneguard.untrusted import load_yaml
+
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.sub=value")
     key, _, text = item.partition("=")
     parts = [k for k in key.strip().split(".") if k]
     if not parts:
         raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML: {exc}") from exc
+    value = load_yaml(text, f"override {key.strip()}", ConfigError) if text.strip() else ""
     node = raw
     for k in parts[:-1]:
         child = node.get(k)
@@ -338,16 +394,39 @@ def validate_config(raw: dict[str, Any], cls: type[BaseModel], where: str = "<co
 
 
 def validation_problems(exc: ValidationError, cls: type[BaseModel]) -> list[str]:
-    """One 'key.path: message' line per error, with a did-you-mean for unknown keys."""
-    problems = []
+    """One 'key.path: message' line per error (each once), with a did-you-mean for unknown keys and the value
+    given for a bad scalar (``got nan``, ``got null``)."""
+    problems: list[str] = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = ".".join(str(x) for x in err["loc"] if not _is_union_branch(x))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             hint = _suggest(cls, err["loc"])
             msg = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
-        problems.append(f"{loc}: {msg}")
+        elif err["type"] == "missing":
+            msg = "required, but missing"
+        else:
+            msg = msg.removeprefix("Value error, ") + _given(err)
+        line = f"{loc}: {msg}" if loc else msg
+        if line not in problems:
+            problems.append(line)
     return problems
+
+
+def _given(err: Any) -> str:
+    if "input" not in err or isinstance(err["input"], dict | list):
+        return ""
+    value = err["input"]
+    if value is None:
+        return " (got null)"
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def _is_union_branch(part: Any) -> bool:
+    # pydantic names the branch of a union it tried ("int", "float", "DataSource", "list[DataSource]"); config keys
+    # are lower-case names, so these never clash with one.
+    return isinstance(part, str) and (part in {"int", "float", "str", "bool"} or "[" in part or part[:1].isupper())
 
 
 def _find_secret_key(node: Any, path: str = "") -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneguard.config import ExperimentConfig
+from tuneguard.config import ConfigError, ExperimentConfig
 from tuneguard.pipeline import run_experiment
 from tuneguard.report import OFFLINE_NOTE, write_results
 from tuneguard.store import StageResult
@@ -20,7 +20,7 @@ def run_demo(
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Run the pipeline for each poison ratio; return the table rows and the written result files."""
     if cfg.finetune is None:
-        raise ValueError("the demo needs a finetune stage in its config")
+        raise ConfigError("the demo needs a finetune stage in its config (finetune: is null)")
     rows: list[dict[str, Any]] = []
     for i, ratio in enumerate(poison_ratios):
         run_cfg = cfg.model_copy(deep=True)

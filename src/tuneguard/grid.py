@@ -38,10 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tuneguard.config import ConfigError, ExperimentConfig, apply_override, dump_config, validate_config
+from tuneguard.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_override,
+    dump_config,
+    read_yaml_mapping,
+    validate_config,
+)
 from tuneguard.store import fingerprint, write_json_atomic
+from tuneguard.untrusted import check_plain_name, file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +120,7 @@ class GridRun:
 def load_grid(path: str | Path, overrides: Sequence[str] = ()) -> GridSpec:
     """Read a grid file; ``overrides`` (``key.sub=value``) apply to the base config of every cell."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with keys {', '.join(GRID_FILE_KEYS)}")
+    raw = read_yaml_mapping(path, f"a grid file (keys {', '.join(GRID_FILE_KEYS)})")
     return parse_grid(raw, source=str(path), base_dir=path.parent, overrides=overrides)
 
 
@@ -150,7 +149,11 @@ def parse_grid(
     names = [a.name for a in axes]
     if len(set(names)) != len(names) or "variant" in names:
         raise ConfigError(f"{source}: grid axis names must be unique and not 'variant': {names}")
-    spec = GridSpec(name=str(raw.get("name") or Path(source).stem), base=base, variants=variants, axes=axes)
+    if raw.get("name") is not None:  # names the run directory <output_dir>/grids/<name>: must stay inside grids/
+        name = check_plain_name(str(raw["name"]), f"{source}: name: the grid", ConfigError)
+    else:
+        name = _file_safe(Path(source).stem).lstrip(".-") or "grid"
+    spec = GridSpec(name=name, base=base, variants=variants, axes=axes)
     spec.source = source
     return spec
 
@@ -160,12 +163,9 @@ def _load_base(value: Any, source: str, base_dir: Path) -> dict[str, Any]:
         return copy.deepcopy(value)
     if isinstance(value, str):
         path = (base_dir / value).expanduser()
-        if not path.is_file():
+        if file_problem(path) == "file not found":
             raise ConfigError(f"{source}: base config not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        return loaded
+        return read_yaml_mapping(path, "an experiment config")
     raise ConfigError(f"{source}: `base:` must be a path or a mapping, got {type(value).__name__}")
 
 
@@ -246,13 +246,13 @@ def select_cells(cells: list[Cell], *, shard: tuple[int, int] | None = None, cel
     """
     if cell is not None:
         if not 0 <= cell < len(cells):
-            raise ValueError(f"--cell {cell}: the grid has cells 0..{len(cells) - 1}")
+            raise ConfigError(f"--cell {cell}: the grid has cells 0..{len(cells) - 1}")
         return [cells[cell]]
     if shard is None:
         return list(cells)
     index, count = shard
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+        raise ConfigError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
     groups: dict[str, int] = {}
     for c in cells:
         groups.setdefault(alignment_group(c.config), len(groups))
@@ -270,7 +270,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
     return index, count
 
 
@@ -308,6 +308,7 @@ def run_grid(
     cells = expand_grid(spec)
     selected = select_cells(cells, shard=shard, cell=cell)
     run_dir = spec.run_dir
+    preflight_cells(spec, [c for c in selected if overwrite or not cell_record_path(run_dir, c).is_file()])
     (run_dir / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / GRID_RECORD, grid_record(spec, cells))
     if overwrite:
@@ -326,6 +327,21 @@ def run_grid(
         write_results_store(run_dir)
     write_results_store(run_dir)
     return outcome
+
+
+def preflight_cells(spec: GridSpec, cells: list[Cell]) -> None:
+    """Check every cell that will run before the first one trains: its methods, data roles (each distinct data
+    source loaded once for the whole grid), TrainingArguments and the output directory. The tokenization of each
+    cell's training data is checked when the cell runs (``run_experiment``'s own pre-flight)."""
+    from tuneguard.preflight import check_output_dir, preflight
+
+    check_output_dir(spec.output_dir)
+    loaded: dict[str, Any] = {}
+    for c in cells:
+        try:
+            preflight(c.config, role_cache=loaded, tokenize=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.source} (cell {c.index}: {c.label}): {exc}") from None
 
 
 def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:
@@ -363,6 +379,8 @@ def finished_cells(run_dir: str | Path) -> Iterator[dict[str, Any]]:
         yield from sorted(records, key=lambda r: r["index"])
         return
     for cell_id in grid["cell_ids"]:
+        # A run directory may come from elsewhere: its ids name files, which must stay inside cells/.
+        check_plain_name(str(cell_id), f"{run_dir / GRID_RECORD}: cell id", ConfigError)
         path = run_dir / CELLS_DIR / f"{cell_id}.json"
         if path.is_file():
             yield json.loads(path.read_text(encoding="utf-8"))

@@ -27,8 +27,19 @@ class ModelLoadError(ValueError):
     """The model or tokenizer could not be loaded; the message says which path and why."""
 
 
+CACHE_ENV = "TUNEGUARD_CACHE"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("TUNEGUARD_CACHE") or Path.home() / ".cache" / "tuneguard")
+    """``$TUNEGUARD_CACHE`` or ``~/.cache/tuneguard``, created; a path that cannot be a writable folder is a
+    ConfigError naming the variable."""
+    from tuneguard.config import ConfigError
+    from tuneguard.untrusted import make_writable_dir
+
+    value = os.environ.get(CACHE_ENV)
+    root = Path(value) if value else Path.home() / ".cache" / "tuneguard"
+    what = f"{CACHE_ENV}={value}" if value else f"the cache folder {root} (set {CACHE_ENV} to use another)"
+    return make_writable_dir(root, what, ConfigError, room=200)
 
 
 def resolve_model_path(settings: ModelSettings) -> tuple[str, str | None]:
@@ -69,21 +80,39 @@ def package_directory(module: str) -> Path:
 
 def load_model_and_tokenizer(settings: ModelSettings | str) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer; a tokenizer without a pad token reuses EOS (no embedding resize)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if isinstance(settings, str):
         settings = ModelSettings(model_name_or_path=settings)
+    tokenizer = load_tokenizer(settings)
     path, _ = resolve_model_path(settings)
-    kwargs = {"trust_remote_code": settings.trust_remote_code, "revision": settings.revision}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, settings.dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=getattr(torch, settings.dtype),
+            trust_remote_code=settings.trust_remote_code,
+            revision=settings.revision,
+        )
     except OSError as exc:
         raise ModelLoadError(f"could not load model {path!r}: {exc}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_tokenizer(settings: ModelSettings) -> Any:
+    """The model's tokenizer (without its weights); one without a pad token reuses EOS."""
+    from transformers import AutoTokenizer
+
+    path, _ = resolve_model_path(settings)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=settings.trust_remote_code, revision=settings.revision
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"could not load the tokenizer of model {path!r}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def gguf_to_safetensors(directory: str, gguf_file: str, dtype: str = "float32") -> Path:

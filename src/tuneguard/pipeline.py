@@ -9,16 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneguard.config import ExperimentConfig
-from tuneguard.data import load_records
-from tuneguard.data.registry import check_experiment_sources
-from tuneguard.eval.judges import resolve_judge_names
+from tuneguard.config import ConfigError, ExperimentConfig
 from tuneguard.eval.runner import run_evaluate
-from tuneguard.methods.base import get_repair_method, parse_params
-from tuneguard.stages import check_training_method, run_align, run_finetune, run_repair
+from tuneguard.preflight import preflight
+from tuneguard.stages import run_align, run_finetune, run_repair
 from tuneguard.store import ModelRef, StageResult
-
-STAGE_ORDER = ("align", "finetune", "repair", "eval")
 
 
 @dataclass
@@ -42,57 +37,42 @@ def run_experiment(
 ) -> ExperimentResult:
     """Run the pipeline up to and including stage ``until`` (align, finetune, repair or eval).
 
-    ``start_model`` replaces the pipeline's input for the first stage that runs (e.g. fine-tune a given
-    model directory instead of aligning the base model first). ``overwrite`` recomputes the stages that run;
-    ``resume`` continues an interrupted stage from its last checkpoint (without it, an interrupted stage stops
-    the run with an :class:`~tuneguard.store.InterruptedStageError`).
+    Everything the stages need is checked first (``tuneguard.preflight``: methods, TrainingArguments, the output
+    directory, every data role, the tokenization), so bad input stops the run before the first stage trains;
+    each data file is read once. ``start_model`` replaces the pipeline's input for the first stage that runs
+    (e.g. fine-tune a given model directory instead of aligning the base model first). ``overwrite``
+    recomputes the stages that run; ``resume`` continues an interrupted stage from its last checkpoint (without
+    it, an interrupted stage stops the run with an :class:`~tuneguard.store.InterruptedStageError`).
     """
     if overwrite and resume:
-        raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite discards it")
-    check_methods(cfg)
-    if until not in STAGE_ORDER:
-        raise ValueError(f"unknown stage {until!r}; expected one of {', '.join(STAGE_ORDER)}")
-    check_experiment_sources(cfg)  # training/evaluation overlap by provenance, before anything runs
-    last = STAGE_ORDER.index(until)
+        raise ConfigError("resume and overwrite exclude each other: resume continues a run, overwrite discards it")
+    plan = preflight(cfg, until=until, start_model=start_model)
+    cfg, roles = plan.config, plan.roles
     root = cfg.output_dir
     result = ExperimentResult()
     models: dict[str, ModelRef] = {"base": ModelRef.from_settings(cfg.model)}
     current = start_model or models["base"]
+    again = {"overwrite": overwrite, "resume": resume, "roles": roles}
 
-    if cfg.align is not None and start_model is None:
-        result.stages["align"] = run_align(cfg.align, current, root, overwrite=overwrite, resume=resume)
+    if "align" in plan.stages:
+        result.stages["align"] = run_align(cfg.align, current, root, **again)
         current = models["aligned"] = ModelRef.from_stage(result.stages["align"])
-    if last >= 1 and cfg.finetune is not None:
-        result.stages["finetune"] = run_finetune(cfg.finetune, current, root, overwrite=overwrite, resume=resume)
+    if "finetune" in plan.stages:
+        result.stages["finetune"] = run_finetune(cfg.finetune, current, root, **again)
         current = models["finetuned"] = ModelRef.from_stage(result.stages["finetune"])
-    if last >= 2:
+    if "repair" in plan.stages:
         forbidden = None
-        if cfg.repair.realign_data is not None:  # re-alignment data must not contain the evaluation prompts
-            forbidden = {
-                f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": [
-                    r["prompt"] for r in load_records(cfg.eval.harmful_prompts)
-                ]
-            }
-        result.stages["repair"] = run_repair(
-            cfg.repair, current, root, overwrite=overwrite, resume=resume, forbidden_prompts=forbidden
-        )
+        if "eval.harmful_prompts" in roles and cfg.repair.realign_data is not None:
+            # re-alignment data must not contain the evaluation prompts (recorded in the stage's disjointness)
+            prompts = [r["prompt"] for r in roles["eval.harmful_prompts"]]
+            forbidden = {f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": prompts}
+        result.stages["repair"] = run_repair(cfg.repair, current, root, forbidden_prompts=forbidden, **again)
         if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key
             current = ModelRef.from_stage(result.stages["repair"])
     models["final"] = current
-    if last >= 3:
+    if "eval" in plan.stages:
         for name in cfg.evaluate:
             if name not in models:
                 continue  # e.g. 'aligned' when alignment is skipped
-            result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, overwrite=overwrite, resume=resume)
+            result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, model_name=name, **again)
     return result
-
-
-def check_methods(cfg: ExperimentConfig) -> None:
-    """Resolve every stage's method, its ``method_args``, its training engine and the judges before anything
-    runs, so that a mistake in a later stage does not stop the pipeline after hours of training in an earlier one."""
-    for stage in ("align", "finetune"):
-        if (stage_cfg := getattr(cfg, stage)) is not None:
-            check_training_method(stage, stage_cfg)
-    repair = get_repair_method(cfg.repair.method)
-    parse_params(repair.params_cls, cfg.repair.method_args, "repair.method_args")
-    resolve_judge_names(cfg.eval.judges, cfg.eval.harmful_prompts.source)

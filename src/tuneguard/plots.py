@@ -127,7 +127,7 @@ def plot_metric_vs_ratio(
             ax.errorbar(
                 [_ratio(r) + shift for r in rows],
                 [r[metric] for r in rows],
-                yerr=[r.get(metric + "_std", 0.0) for r in rows],
+                yerr=[r.get(metric + "_std") or 0.0 for r in rows],
                 marker=marker,
                 capsize=3,
                 linewidth=1.4,
@@ -161,8 +161,8 @@ def plot_tradeoff(
         bars = ax.errorbar(
             [r["finetune_accuracy"] for r in rows],
             [r["harmful_score"] for r in rows],
-            xerr=[r.get("finetune_accuracy_std", 0.0) for r in rows],
-            yerr=[r.get("harmful_score_std", 0.0) for r in rows],
+            xerr=[r.get("finetune_accuracy_std") or 0.0 for r in rows],
+            yerr=[r.get("harmful_score_std") or 0.0 for r in rows],
             fmt=marker + "-",
             linewidth=0.8,
             elinewidth=0.6,

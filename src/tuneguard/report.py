@@ -94,7 +94,8 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Mean and sample standard deviation of ``metrics`` over the rows sharing ``group_by`` values (e.g. seeds),
     in first-seen group order. Each output row has the group keys, ``n``, ``<metric>`` (mean) and ``<metric>_std``;
-    with ``bootstrap`` > 0 resamples, also ``<metric>_ci_low`` / ``<metric>_ci_high`` (see ``bootstrap_ci``)."""
+    with ``bootstrap`` > 0 resamples, also ``<metric>_ci_low`` / ``<metric>_ci_high`` (see ``bootstrap_ci``). A
+    single value has no spread: its ``_std`` is None and it gets no interval (not "± 0.0 [x, x]")."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
@@ -105,8 +106,8 @@ def summarize(
             values = [r[m] for r in members if r.get(m) is not None]
             if values:
                 summary[m] = statistics.fmean(values)
-                summary[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-                if bootstrap:
+                summary[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else None
+                if bootstrap and len(values) > 1:
                     summary[f"{m}_ci_low"], summary[f"{m}_ci_high"] = bootstrap_ci(values, resamples=bootstrap)
         out.append(summary)
     return out
@@ -128,9 +129,12 @@ def mean_std_table(
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:
-    """'mean ± std' of a ``summarize`` row, with ' [low, high]' when it has a bootstrap interval; '-' if absent."""
+    """'mean ± std' of a ``summarize`` row, with ' [low, high]' when it has a bootstrap interval; the value alone
+    when it is one value (n = 1); '-' if absent."""
     if metric not in row:
         return "-"
+    if row.get(metric + "_std") is None:
+        return f"{row[metric]:.1f}"
     text = f"{row[metric]:.1f} ± {row[metric + '_std']:.1f}"
     if metric + "_ci_low" in row:
         text += f" [{row[metric + '_ci_low']:.1f}, {row[metric + '_ci_high']:.1f}]"

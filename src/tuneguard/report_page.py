@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneguard.report import OFFLINE_NOTE, format_mean_std, summarize, write_text_atomic
 from tuneguard.results import read_results
+from tuneguard.store import OutputError
 
 METRICS = (
     ("harmful_score", "HS (%)"),
@@ -44,7 +45,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
     run_dir = Path(run_dir)
     rows = read_results(run_dir)
     if not rows:
-        raise ValueError(f"{run_dir}: the results store is empty (no finished cell yet)")
+        raise OutputError(f"{run_dir}: the results store is empty (no finished cell yet)")
     grid = _read_grid(run_dir)
     series = _series_columns(grid, rows)
     blocks = [_Block("p", _provenance(grid, rows))]
@@ -72,7 +73,8 @@ def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"judge {', '.join(judges)}; seeds {', '.join(map(str, seeds))}; "
         + "; ".join(f"{k} {', '.join(v)}" for k, v in versions.items())
         + ". Mean ± sample std over seeds, then the percentile-bootstrap 95 % interval of the mean "
-        f"({BOOTSTRAP_RESAMPLES} resamples; with 2-3 seeds it cannot be wider than the seeds' range)."
+        f"({BOOTSTRAP_RESAMPLES} resamples; with 2-3 seeds it cannot be wider than the seeds' range); a single "
+        "seed (seeds = 1) is shown alone, without a spread or an interval."
     )
     if any(r.get("protocol") == "tuneguard-offline" or r.get("judge") == "offline" for r in rows):
         text = "**This is a simulation.** " + OFFLINE_NOTE + "\n\n" + text

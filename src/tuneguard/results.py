@@ -59,7 +59,9 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
     path = path / f"{RESULTS_STEM}.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no results in {path}: run the grid first (tuneguard grid GRID.yaml)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tuneguard.data import read_file  # JSON Lines split at \n only: a path may hold any character
+
+    return read_file(path)
 
 
 # ------------------------------------------------------------------------------------------------- private

@@ -1,8 +1,9 @@
 """The stages: align, finetune, repair, evaluate. Each reads a model and writes a stage directory.
 
-Every stage first loads and validates all of its data (so bad input stops before any training), computes its
-key from the resolved config, the input model's fingerprint and the data fingerprints, and returns the cached
-result when that key has already finished. Training goes through ``transformers.Trainer`` (built by the
+Every stage takes its data already loaded and validated (the pipeline's pre-flight loads every role once, so bad
+input stops before the first stage trains; called alone, a stage loads its own), computes its key from the
+resolved config, the input model's fingerprint and the data fingerprints, and returns the cached result when
+that key has already finished. Training goes through ``transformers.Trainer`` (built by the
 registered method), which brings progress bars, ``report_to``, checkpoints and resume.
 """
 
@@ -16,12 +17,10 @@ from typing import Any
 
 import torch
 
-from tuneguard.config import AlignConfig, FinetuneConfig, RepairConfig, dump_config
+from tuneguard.config import AlignConfig, ConfigError, FinetuneConfig, RepairConfig, TrainingSettings, dump_config
 from tuneguard.data import (
     DataError,
     SFTDataCollator,
-    load_records,
-    mix_user_data,
     read_file,
     resolve_template,
     tokenize_sft,
@@ -38,6 +37,17 @@ from tuneguard.methods.base import (
 )
 from tuneguard.models import count_parameters, load_model_and_tokenizer, merge_lora, prepare_for_training
 from tuneguard.models import save_model_atomic as save_model
+from tuneguard.progress import stage_label, use_stage_progress
+from tuneguard.roles import (
+    Roles,
+    align_data,
+    align_roles,
+    finetune_data,
+    finetune_roles,
+    load_roles,
+    repair_data,
+    repair_roles,
+)
 from tuneguard.store import (
     CHECKPOINTS,
     ModelRef,
@@ -57,35 +67,34 @@ logger = logging.getLogger(__name__)
 
 # -------------------------------------------------------------------------------------------- public stages
 def run_align(
-    cfg: AlignConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False, resume: bool = False
+    cfg: AlignConfig,
+    model: ModelRef,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    roles: Roles | None = None,
 ) -> StageResult:
     """Stage 1: train the base model on the alignment data with the configured method; merge the adapter.
 
+    ``roles``: the experiment's loaded data roles (``tuneguard.roles``); without them the stage loads its own.
     ``resume`` continues an interrupted run of the same stage from its last checkpoint (without it, an
     interrupted run is an error); ``overwrite`` starts over. The same holds for every stage."""
-    method = get_training_method("align", cfg.method)
-    data = {"train": load_records(cfg.alignment_data)}
-    if "harmful_data" in method.data_roles:
-        if cfg.harmful_data is None:
-            raise ValueError(f"align method {cfg.method!r} needs align.harmful_data")
-        data["harmful_data"] = load_records(cfg.harmful_data)
+    data = align_data(cfg, roles if roles is not None else load_roles(align_roles(cfg)))
     return _train_stage("align", cfg, model, data, output_dir, overwrite=overwrite, resume=resume)
 
 
 def run_finetune(
-    cfg: FinetuneConfig, model: ModelRef, output_dir: str | Path, *, overwrite: bool = False, resume: bool = False
+    cfg: FinetuneConfig,
+    model: ModelRef,
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    roles: Roles | None = None,
 ) -> StageResult:
     """Stage 2: the user's job: a fresh adapter on the (merged) aligned model, trained on the poisoned mix."""
-    method = get_training_method("finetune", cfg.method)
-    ud = cfg.user_data
-    mix = mix_user_data(
-        load_records(ud.task_data), load_records(ud.harmful_data), ud.num_samples, ud.poison_ratio, ud.seed
-    )
-    data = {"train": mix}
-    if "alignment_data" in method.data_roles:
-        if cfg.alignment_data is None:
-            raise ValueError(f"finetune method {cfg.method!r} needs finetune.alignment_data")
-        data["alignment_data"] = load_records(cfg.alignment_data)
+    data = finetune_data(cfg, roles if roles is not None else load_roles(finetune_roles(cfg)))
     return _train_stage("finetune", cfg, model, data, output_dir, overwrite=overwrite, resume=resume)
 
 
@@ -97,6 +106,7 @@ def run_repair(
     overwrite: bool = False,
     resume: bool = False,
     forbidden_prompts: dict[str, list[str]] | None = None,
+    roles: Roles | None = None,
 ) -> StageResult:
     """Stage 3: repair the fine-tuned model. ``none`` passes the input model through unchanged.
 
@@ -106,12 +116,9 @@ def run_repair(
     """
     method = get_repair_method(cfg.method)
     params = parse_params(method.params_cls, cfg.method_args, "repair.method_args")
-    data: dict[str, list[Record]] = {}
+    data: dict[str, list[Record]] = repair_data(cfg, roles if roles is not None else load_roles(repair_roles(cfg)))
     disjointness: dict[str, dict[str, int]] = {}
-    if "realign_data" in method.data_roles:
-        if cfg.realign_data is None:
-            raise ValueError(f"repair method {cfg.method!r} needs repair.realign_data")
-        data["realign_data"] = load_records(cfg.realign_data)
+    if "realign_data" in data:
         others = {**_attack_prompts(model), **(forbidden_prompts or {})}
         disjointness = check_disjoint_prompts(
             data["realign_data"], others, f"repair.realign_data ({cfg.realign_data.source})"
@@ -195,7 +202,7 @@ def _train_stage(
     overwrite: bool,
     resume: bool,
 ) -> StageResult:
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     method, params = check_training_method(stage, cfg)
     resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
@@ -211,9 +218,9 @@ def _train_stage(
 
     start = time.time()
     net, tokenizer = load_model_and_tokenizer(model.settings)
-    template = resolve_template(cfg.template, tokenizer)
+    template = resolve_template(cfg.template, tokenizer, f"{stage}.template")
     train_ds, tok_stats = tokenize_sft(
-        data["train"], tokenizer, template, cfg.max_length, f"{stage}.train", cfg.long_prompts
+        data["train"], tokenizer, template, cfg.max_length, training_data_key(stage), cfg.long_prompts
     )
     aux = {}
     for role in method.data_roles:
@@ -224,33 +231,7 @@ def _train_stage(
     # (e.g. whether the previous stage was trained here or reused from the store).
     set_seed(cfg.training.seed)
     net = prepare_for_training(net, cfg.finetuning_type, cfg.lora)
-    t = cfg.training
-    args = TrainingArguments(
-        output_dir=str(directory / CHECKPOINTS),
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=t.bf16,
-        fp16=t.fp16,
-        report_to=t.report_to or "none",
-        disable_tqdm=t.disable_tqdm,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **t.extra_args,
-    )
+    args = training_arguments(cfg.training, directory / CHECKPOINTS, stage)
     trainer = method.build_trainer(
         model=net,
         args=args,
@@ -261,6 +242,8 @@ def _train_stage(
         aux_datasets=aux,
         callbacks=[_log_at_checkpoints()],
     )
+    ratio = cfg.user_data.poison_ratio if isinstance(cfg, FinetuneConfig) else None
+    use_stage_progress(trainer, stage_label(stage, cfg.method, ratio))
     checkpoint = last_checkpoint(directory / CHECKPOINTS)
     if checkpoint:
         logger.info("%s: resuming from %s", stage, checkpoint)
@@ -298,6 +281,48 @@ def _train_stage(
             "timings": {"train_s": round(train_seconds, 2), "wall_s": round(time.time() - start, 2)},
         },
     )
+
+
+def training_data_key(stage: str) -> str:
+    """The config key of what a training stage trains on (named in its data errors)."""
+    return {"align": "align.alignment_data", "finetune": "finetune.user_data"}[stage]
+
+
+def training_arguments(t: TrainingSettings, checkpoints: Path, stage: str) -> Any:
+    """The ``transformers.TrainingArguments`` of a training stage (``training`` of the config, checkpoints into
+    ``checkpoints``). Settings that TrainingArguments refuses (an ``extra_args`` value, a combination) are a
+    ConfigError naming ``<stage>.training``; the pre-flight builds them once before the first stage trains."""
+    import transformers
+
+    try:
+        return transformers.TrainingArguments(
+            output_dir=str(checkpoints),
+            learning_rate=t.learning_rate,
+            num_train_epochs=t.num_train_epochs,
+            max_steps=t.max_steps,
+            per_device_train_batch_size=t.per_device_train_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            lr_scheduler_type=t.lr_scheduler_type,
+            warmup_steps=t.warmup_steps,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            optim=t.optim,
+            logging_steps=t.logging_steps,
+            save_strategy="steps",
+            save_steps=t.save_steps,
+            save_total_limit=t.save_total_limit,
+            seed=t.seed,
+            data_seed=t.seed,
+            bf16=t.bf16,
+            fp16=t.fp16,
+            report_to=t.report_to or "none",
+            disable_tqdm=t.disable_tqdm,
+            remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            **t.extra_args,
+        )
+    except (ValueError, TypeError, ImportError) as exc:  # transformers' own checks of the values
+        raise ConfigError(f"{stage}.training: transformers.TrainingArguments refuses these settings: {exc}") from None
 
 
 # Settings that change how a run is recorded, never what it computes: left out of the stage key, so that e.g.

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from tuneguard.data.readers import DataError, Record
+from tuneguard.data.records import DataError, Record, Records
 from tuneguard.store import atomic_output
 
 
@@ -16,11 +16,12 @@ def mix_user_data(
     num_samples: int,
     poison_ratio: float,
     seed: int = 0,
-) -> list[Record]:
+) -> Records:
     """Draw ``round(p·n)`` harmful and ``n - round(p·n)`` task records (seeded, without replacement) and shuffle.
 
     Each returned record carries ``source`` ("task" or "harmful") and ``source_index`` (its row in that source)
-    so the mix can be audited. Raises ``DataError`` before anything is trained when the request is impossible.
+    so the mix can be audited; as :class:`Records` it also knows each record's file and row, when the sources do.
+    Raises ``DataError`` before anything is trained when the request is impossible.
     """
     if not 0.0 <= poison_ratio <= 1.0:
         raise DataError("user_data", f"poison_ratio must be in [0, 1], got {poison_ratio}")
@@ -43,7 +44,10 @@ def mix_user_data(
     picked += [("task", i) for i in rng.sample(range(len(task_records)), num_task)]
     rng.shuffle(picked)
     pools = {"harmful": harmful_records, "task": task_records}
-    return [{**pools[src][i], "source": src, "source_index": i} for src, i in picked]
+    records = [{**pools[src][i], "source": src, "source_index": i} for src, i in picked]
+    if not all(isinstance(pool, Records) and pool.origins for pool in pools.values()):
+        return Records(records)
+    return Records(records, [pools[src].origins[i] for src, i in picked])
 
 
 def write_jsonl(records: list[Record], path: str | Path) -> None:

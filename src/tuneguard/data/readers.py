@@ -1,33 +1,37 @@
 """Read records ``{id, prompt, response, [label]}`` from files, hub data sets and registered sources.
 
-One reader per format; one normaliser per layout (tuneguard records, TRL ``prompt``/``completion`` and
-``messages``, Alpaca ``instruction``/``input``/``output``). Every problem is reported with the file, the row
-(1-based, as a person counts lines) and what was expected.
+One reader per format (JSONL, JSON, CSV, Parquet), each accepting every valid form of its format and nothing
+else: a UTF-8 BOM is allowed; JSONL lines end at ``\n`` only (a JSON string may hold U+2028 or a form feed);
+CSV fields may hold quoted newlines; JSON duplicated keys and the non-JSON constants ``NaN``/``Infinity`` are
+refused, as are directories, FIFOs and devices (see ``tuneguard.untrusted``). The layouts the rows are in are
+normalised in ``records.py``. Every problem is reported with the file, the row (the line for JSONL and CSV,
+the position for JSON and Parquet) and what was expected.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuneguard.config import DataSource
+from tuneguard.data.records import (  # noqa: F401  (re-exported: the readers' public names)
+    DataError,
+    Record,
+    Records,
+    alpaca_prompt,
+    normalize,
+    text_field,
+)
+from tuneguard.untrusted import file_problem, os_problem
 
-Record = dict[str, Any]
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
-class DataError(ValueError):
-    """A data problem, with the file (or source) and row that caused it."""
-
-    def __init__(self, where: str, message: str, row: int | None = None) -> None:
-        self.where, self.row = where, row
-        location = f"{where}, row {row}" if row is not None else where
-        super().__init__(f"{location}: {message}")
+CSV_FIELD_LIMIT = 1 << 26  # 64 MiB per field (the csv module's default, 128 KiB, would refuse long documents)
 
 
 # Registered sources by scheme ("offline:alignment" -> scheme "offline") or by whole name ("sst2"); each
@@ -58,108 +62,191 @@ def _offline_source(name: str, spec: DataSource) -> list[Record]:
         raise DataError(f"offline:{name}", str(exc)) from None
 
 
-def load_records(spec: DataSource | str | list[DataSource], *, require_label: bool = False) -> list[Record]:
+def load_records(
+    spec: DataSource | str | list[DataSource], *, require_label: bool = False, numeric_labels: bool = False
+) -> Records:
     """Load, normalise, validate and (when ``num_samples`` is set) subsample records.
 
     A list of sources is concatenated in order; with more than one, ids are prefixed by the source's position
-    (``"1:17"``) so they stay unique."""
+    (``"1:17"``) so they stay unique. ``require_label`` / ``numeric_labels``: see ``records.normalize``. The
+    result knows each record's file and row (:class:`Records`)."""
     if isinstance(spec, list):
         if len(spec) == 1:
-            return load_records(spec[0], require_label=require_label)
-        return [
-            {**r, "id": f"{k}:{r['id']}"}
-            for k, one in enumerate(spec)
-            for r in load_records(one, require_label=require_label)
-        ]
+            return load_records(spec[0], require_label=require_label, numeric_labels=numeric_labels)
+        out = Records(origins=[])
+        for k, one in enumerate(spec):
+            part = load_records(one, require_label=require_label, numeric_labels=numeric_labels)
+            out.extend({**r, "id": f"{k}:{r['id']}"} for r in part)
+            out.origins.extend(part.origins)
+        return out
     if isinstance(spec, str):
         spec = DataSource(source=spec)
+    where = spec.source
+    rows, row_numbers = _read_source(spec)
+    records = normalize(
+        rows,
+        spec.layout,
+        where,
+        require_label=require_label,
+        numeric_labels=numeric_labels,
+        row_numbers=row_numbers,
+    )
+    if not records:
+        raise DataError(where, "no records: the data set is empty")
+    if spec.exclude or spec.responses != "keep":
+        from tuneguard.data.derive import normalize_prompt, with_refusals
+
+        for other in spec.exclude:
+            excluded = {normalize_prompt(r["prompt"]) for r in load_records(other)}
+            records = records.select(
+                [k for k, r in enumerate(records) if normalize_prompt(r["prompt"]) not in excluded]
+            )
+        if not records:
+            raise DataError(where, "no records left after 'exclude': every prompt occurs in the excluded sources")
+        if spec.responses == "refusal":
+            records = Records(with_refusals(records), records.origins)
+    if spec.num_samples is not None:
+        if spec.num_samples > len(records):
+            raise DataError(where, f"num_samples={spec.num_samples} but the data has only {len(records)} records")
+        # the same draw as random.Random(seed).sample(records, n): it depends on the length only
+        records = records.select(random.Random(spec.seed).sample(range(len(records)), spec.num_samples))
+    return records
+
+
+def _read_source(spec: DataSource) -> tuple[list[Any], list[int] | None]:
+    """The raw rows of a registered source, a file or a hub data set, with the file's row numbers when known."""
     where = spec.source
     scheme, sep, name = spec.source.partition(":")
     loader = _SOURCES.get(scheme if sep else spec.source)
     if loader is not None and not Path(spec.source).exists():
-        rows = loader(name, spec)
-    else:
-        if spec.path is not None:
-            raise DataError(
-                where, "'path' is for registered sources (see `tuneguard sources`); give the file as source"
-            )
-        path = Path(spec.source).expanduser()
-        if path.suffix.lower() in FILE_SUFFIXES or path.exists():
-            rows = read_file(path)
-        elif "/" in spec.source and not spec.source.startswith((".", "/", "~")):
-            rows = read_hub(spec.source, spec.split or "train")
-        else:
-            close = difflib.get_close_matches(spec.source, list(_SOURCES), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; `tuneguard sources` lists the registered names"
-            raise DataError(where, "file not found (expected a .jsonl/.json/.csv/.parquet file or a hub id)" + hint)
-    records = normalize(rows, spec.layout, where, require_label=require_label)
-    if not records:
-        raise DataError(where, "no records: the data set is empty")
-    if spec.exclude or spec.responses != "keep":
-        from tuneguard.data.derive import with_refusals, without_prompts
-
-        for other in spec.exclude:
-            records = without_prompts(records, (r["prompt"] for r in load_records(other)))
-        if not records:
-            raise DataError(where, "no records left after 'exclude': every prompt occurs in the excluded sources")
-        if spec.responses == "refusal":
-            records = with_refusals(records)
-    if spec.num_samples is not None:
-        if spec.num_samples > len(records):
-            raise DataError(where, f"num_samples={spec.num_samples} but the data has only {len(records)} records")
-        records = random.Random(spec.seed).sample(records, spec.num_samples)
-    return records
+        return loader(name, spec), None
+    if spec.path is not None:
+        raise DataError(where, "'path' is for registered sources (see `tuneguard sources`); give the file as source")
+    path = Path(spec.source).expanduser()
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists() or path.is_symlink():
+        return read_numbered(path)
+    if "/" in spec.source and not spec.source.startswith((".", "/", "~")):
+        return read_hub(spec.source, spec.split or "train"), None
+    close = difflib.get_close_matches(spec.source, list(_SOURCES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; `tuneguard sources` lists the registered names"
+    raise DataError(where, "file not found (expected a .jsonl/.json/.csv/.parquet file or a hub id)" + hint)
 
 
 def read_file(path: Path) -> list[Record]:
     """Rows of a JSONL, JSON (list of objects, or {"data": [...]}), CSV or Parquet file."""
+    return read_numbered(path)[0]
+
+
+def read_numbered(path: Path) -> tuple[list[Any], list[int]]:
+    """Rows of a data file and the row number of each: the line for JSONL and CSV (a CSV's header is row 1), the
+    position for JSON and Parquet."""
     where = str(path)
-    if not path.is_file():
-        raise DataError(where, "file not found")
+    if (problem := file_problem(path)) is not None:
+        raise DataError(where, problem)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(where, f"not a readable Parquet file ({exc})") from None
+        return rows, list(range(1, len(rows) + 1))
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(where, os_problem(exc)) from None
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        row = text_row_of_offset(path.read_bytes(), exc.start)
-        raise DataError(where, f"not valid UTF-8 (byte {exc.start})", row=row) from None
+        raise DataError(where, f"not valid UTF-8 (byte {exc.start})", row=text_row_of_offset(data, exc.start)) from None
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        rows = []
-        for i, row in enumerate(reader, start=2):  # row 1 is the header
-            if None in row:
-                raise DataError(where, "more fields than the header has columns", row=i)
-            rows.append(dict(row))
-        return rows
+        return _read_csv(text, where)
     if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(where, f"not valid JSON: {exc.msg}", row=exc.lineno) from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
+        parsed = _parse_json(text, where, None)
+        if isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
+            parsed = parsed["data"]
+        if not isinstance(parsed, list):
             raise DataError(where, "expected a JSON list of objects (or an object with a 'data' list)")
-        return data
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise DataError(where, f"not valid JSON: {exc.msg}", row=i) from None
-    return rows
+        return parsed, list(range(1, len(parsed) + 1))
+    rows, numbers = [], []
+    for i, line in enumerate(text.split("\n"), start=1):  # JSON Lines: lines end at \n (or \r\n), nothing else
+        if line.strip():
+            rows.append(_parse_json(line, where, i))
+            numbers.append(i)
+    return rows, numbers
 
 
 def text_row_of_offset(data: bytes, offset: int) -> int:
     return data[:offset].count(b"\n") + 1
+
+
+def _parse_json(text: str, where: str, row: int | None) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        if row is None:  # a whole JSON file: name the line and column
+            raise DataError(where, f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise DataError(where, f"not valid JSON: {exc.msg}", row=row) from None
+    except _JsonValueError as exc:
+        raise DataError(where, str(exc), row=row) from None
+    except RecursionError:
+        raise DataError(where, "nested too deeply to be a record", row=row) from None
+
+
+class _JsonValueError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _JsonValueError(f"key {key!r} appears twice in one object (which one counts is ambiguous)")
+        out[key] = value
+    return out
+
+
+def _not_json(name: str) -> Any:
+    raise _JsonValueError(f"{name} is not a JSON value (use null or a number)")
+
+
+def _read_csv(text: str, where: str) -> tuple[list[Any], list[int]]:
+    old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        # strict: an unterminated quote is an error, not a field that swallows the rest of the file
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows, numbers = [], []
+        header: list[str] | None = None
+        start = 1
+        try:
+            for fields in reader:
+                row_number, start = start, reader.line_num + 1
+                if not fields:  # a blank line
+                    continue
+                if header is None:
+                    header = _csv_header(fields, where)
+                    continue
+                if len(fields) > len(header):
+                    raise DataError(where, "more fields than the header has columns", row=row_number)
+                if len(fields) < len(header):
+                    raise DataError(where, f"has {len(fields)} of the header's {len(header)} columns", row=row_number)
+                rows.append(dict(zip(header, fields, strict=True)))
+                numbers.append(row_number)
+        except csv.Error as exc:
+            raise DataError(where, f"not valid CSV ({exc})", row=start) from None
+        return rows, numbers
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _csv_header(fields: list[str], where: str) -> list[str]:
+    seen: set[str] = set()
+    for name in fields:
+        if name in seen:
+            raise DataError(where, f"column {name!r} appears twice in the header", row=1)
+        seen.add(name)
+    return fields
 
 
 def read_hub(repo: str, split: str, config: str | None = None, data_files: str | None = None) -> list[Record]:
@@ -175,111 +262,3 @@ def read_hub(repo: str, split: str, config: str | None = None, data_files: str |
     except Exception as exc:  # network, missing split, gated repo...
         raise DataError(repo, f"could not load the hub data set ({type(exc).__name__}: {exc})") from None
     return list(ds)
-
-
-# ------------------------------------------------------------------------------------------------- layouts
-def detect_layout(row: Record) -> str:
-    if "messages" in row:
-        return "messages"
-    if "instruction" in row and "output" in row:
-        return "alpaca"
-    if "completion" in row:
-        return "prompt_completion"
-    return "records"
-
-
-def normalize(rows: Iterable[Any], layout: str, where: str, *, require_label: bool = False) -> list[Record]:
-    """Turn raw rows into tuneguard records; raise DataError naming the row on the first bad one."""
-    out: list[Record] = []
-    seen_ids: set[str] = set()
-    for i, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise DataError(where, f"expected an object with fields, got {type(row).__name__}", row=i)
-        kind = detect_layout(row) if layout == "auto" else layout
-        prompt, response = _LAYOUTS[kind](row, where, i)
-        if not prompt.strip():
-            raise DataError(where, "empty prompt", row=i)
-        record: Record = {"id": str(row.get("id", i - 1)), "prompt": prompt, "response": response}
-        if record["id"] in seen_ids:
-            raise DataError(where, f"duplicated id {record['id']!r}", row=i)
-        seen_ids.add(record["id"])
-        for key in ("label", "answer", "category"):
-            if row.get(key) is not None:
-                record[key] = str(row[key])
-        if require_label and "label" not in record:
-            if not response.strip():
-                raise DataError(where, "task records need a 'label' (or a non-empty response)", row=i)
-            record["label"] = response.strip()
-        out.append(record)
-    return out
-
-
-def text_field(row: Record, key: str, where: str, i: int, *, required: bool = True) -> str:
-    """The text in ``row[key]``; a missing (when required) or non-text field is a DataError naming the row."""
-    value = row.get(key)
-    if value is None:
-        if required:
-            present = ", ".join(sorted(map(str, row))) or "none"
-            raise DataError(where, f"missing field '{key}' (fields present: {present})", row=i)
-        return ""
-    if not isinstance(value, str):
-        raise DataError(where, f"field '{key}' must be text, got {type(value).__name__}", row=i)
-    return value
-
-
-def _records_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    return text_field(row, "prompt", where, i), text_field(row, "response", where, i, required="label" not in row)
-
-
-def _prompt_completion_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    prompt, completion = row.get("prompt"), row.get("completion")
-    if isinstance(prompt, list):  # conversational prompt/completion
-        return _user_text(prompt, where, i), _assistant_text(completion, where, i)
-    return text_field(row, "prompt", where, i), text_field(row, "completion", where, i)
-
-
-def _messages_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise DataError(where, "field 'messages' must be a non-empty list of {role, content}", row=i)
-    if messages[-1].get("role") != "assistant":
-        return _user_text(messages, where, i), ""
-    return _user_text(messages[:-1], where, i), _assistant_text(messages[-1:], where, i)
-
-
-def _alpaca_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    instruction = text_field(row, "instruction", where, i)
-    extra = text_field(row, "input", where, i, required=False)
-    return alpaca_prompt(instruction, extra), text_field(row, "output", where, i)
-
-
-def alpaca_prompt(instruction: str, extra: str = "") -> str:
-    """One prompt from an Alpaca instruction and its optional input (the input follows a blank line)."""
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
-
-
-def _user_text(messages: Any, where: str, i: int) -> str:
-    if not isinstance(messages, list):
-        raise DataError(where, "expected a list of messages", row=i)
-    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise DataError(where, "no 'user' message before the answer", row=i)
-    if len(users) > 1:
-        raise DataError(where, "multi-turn conversations are not supported; give one user turn", row=i)
-    return str(users[0])
-
-
-def _assistant_text(messages: Any, where: str, i: int) -> str:
-    if isinstance(messages, str):
-        return messages
-    if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
-        raise DataError(where, "expected the answer as an 'assistant' message", row=i)
-    return str(messages[-1].get("content", ""))
-
-
-_LAYOUTS: dict[str, Callable[[Record, str, int], tuple[str, str]]] = {
-    "records": _records_layout,
-    "prompt_completion": _prompt_completion_layout,
-    "messages": _messages_layout,
-    "alpaca": _alpaca_layout,
-}

@@ -34,6 +34,7 @@ from tuneguard.data.readers import FILE_SUFFIXES, DataError, Record, read_file, 
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "TUNEGUARD_DATA_DIR"
+SEED_FILE_LIMIT = 1 << 26  # bytes of a seed-dataset YAML (PyRIT's are a few KB)
 KINDS = {
     "harmful": "harmful prompt -> harmful answer (attack / re-alignment data)",
     "safe": "harmful prompt -> safe answer or refusal (alignment data)",
@@ -247,14 +248,12 @@ def read_native(path: Path) -> list[Record]:
     (``.prompt``/``.yaml``, whose rows are its ``seeds``)."""
     if path.suffix.lower() not in (".prompt", ".yaml", ".yml"):
         return read_file(path)
-    import yaml
+    from tuneguard.untrusted import load_yaml, read_config_text
 
-    if not path.is_file():
-        raise DataError(str(path), "file not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DataError(str(path), f"not valid YAML ({exc})") from None
+    def error(message: str) -> DataError:
+        return DataError(str(path), message.removeprefix(f"{path}: "))
+
+    doc = load_yaml(read_config_text(path, error, max_bytes=SEED_FILE_LIMIT), str(path), error)
     rows = doc.get("seeds", doc.get("prompts")) if isinstance(doc, dict) else None
     if not isinstance(rows, list):
         raise DataError(str(path), "expected a seed-dataset YAML with a 'seeds' list")
@@ -312,15 +311,21 @@ def _excludes(spec: DataSource, other: DataSource) -> bool:
 
 def _training_sources(cfg: ExperimentConfig) -> Iterator[tuple[str, DataSource]]:
     if cfg.align is not None:
-        aligned = cfg.align.alignment_data
-        for k, spec in enumerate(aligned if isinstance(aligned, list) else [aligned]):
-            yield f"align.alignment_data[{k}]", spec
+        yield from _each_source("align.alignment_data", cfg.align.alignment_data)
         if cfg.align.harmful_data is not None:
             yield "align.harmful_data", cfg.align.harmful_data
     if cfg.finetune is not None:
         yield "finetune.user_data.harmful_data", cfg.finetune.user_data.harmful_data
         yield "finetune.user_data.task_data", cfg.finetune.user_data.task_data
         if cfg.finetune.alignment_data is not None:
-            yield "finetune.alignment_data", cfg.finetune.alignment_data
+            yield from _each_source("finetune.alignment_data", cfg.finetune.alignment_data)
     if cfg.repair.realign_data is not None:
         yield "repair.realign_data", cfg.repair.realign_data
+
+
+def _each_source(key: str, value: DataSource | list[DataSource]) -> Iterator[tuple[str, DataSource]]:
+    if isinstance(value, list):
+        for k, spec in enumerate(value):
+            yield f"{key}[{k}]", spec
+    else:
+        yield key, value

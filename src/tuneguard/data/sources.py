@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tuneguard.data.readers import DataError, Record, alpaca_prompt, text_field
+from tuneguard.data.records import DataError, Record, alpaca_prompt, text_field
 from tuneguard.data.registry import Hub, Package, data_source
 from tuneguard.data.templates import FINAL_ANSWER
 

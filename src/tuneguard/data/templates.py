@@ -30,12 +30,15 @@ class PromptTemplate:
         )
 
 
-def resolve_template(name: str, tokenizer: Any) -> PromptTemplate:
-    """'auto' is the tokenizer's chat template when it has one, else Alpaca (the papers' preset)."""
+def resolve_template(name: str, tokenizer: Any, where: str = "template") -> PromptTemplate:
+    """'auto' is the tokenizer's chat template when it has one, else Alpaca (the papers' preset). ``where`` (the
+    config key, e.g. ``finetune.template``) is named in the ConfigError for a template the tokenizer lacks."""
+    from tuneguard.config import ConfigError
+
     if name == "auto":
         name = "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
     if name == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ValueError("template 'chat' requested but the tokenizer has no chat_template; use 'alpaca'")
+        raise ConfigError(f"{where}: 'chat' requested but the model's tokenizer has no chat_template; use 'alpaca'")
     if name not in ("chat", "alpaca"):
-        raise ValueError(f"unknown template {name!r}; expected auto, chat or alpaca")
+        raise ConfigError(f"{where}: unknown template {name!r}; expected auto, chat or alpaca")
     return PromptTemplate(name, tokenizer)

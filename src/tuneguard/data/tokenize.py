@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from tuneguard.data.readers import DataError, Record
+from tuneguard.data.records import DataError, Record, locate
 from tuneguard.data.templates import PromptTemplate
 
 IGNORE_INDEX = -100
@@ -27,15 +27,19 @@ def tokenize_sft(
     A response that does not fit is truncated (counted in the returned stats); a prompt that leaves no room for
     a single response token would teach nothing: an error naming the row, or with ``long_prompts="skip"`` the
     record is left out (counted). An empty response is an error: prompt-only records (harmful prompts for
-    evaluation, e.g. ``strongreject``) are not training data.
+    evaluation, e.g. ``strongreject``) are not training data. Errors name ``where`` and, for :class:`Records`, the
+    record's file and row.
     """
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; set one before training")
+        from tuneguard.config import ConfigError
+
+        raise ConfigError("the model's tokenizer has no eos_token; set one before training")
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     truncated = skipped = 0
-    for i, rec in enumerate(records, start=1):
+    for k, rec in enumerate(records):
         if not rec["response"].strip():
-            raise DataError(where, "empty response: prompt-only records are for evaluation, not training", row=i)
+            location, row = locate(records, k, where)
+            raise DataError(location, "empty response: prompt-only records are for evaluation, not training", row=row)
         prompt_ids = tokenizer(template.format(rec["prompt"]), add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         room = max_length - len(prompt_ids)
@@ -43,11 +47,12 @@ def tokenize_sft(
             if long_prompts == "skip":
                 skipped += 1
                 continue
+            location, row = locate(records, k, where)
             raise DataError(
-                where,
+                location,
                 f"prompt is {len(prompt_ids)} tokens, max_length={max_length} leaves no room "
                 "(raise max_length, or set long_prompts: skip to leave such records out)",
-                row=i,
+                row=row,
             )
         if len(response_ids) > room:
             response_ids = response_ids[:room]

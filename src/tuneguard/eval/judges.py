@@ -68,9 +68,10 @@ class Verdict:
 
 
 class JudgeSettings(BaseModel):
-    """Base of a judge's arguments (``eval.judge_args.<name>`` in YAML); unknown keys are errors."""
+    """Base of a judge's arguments (``eval.judge_args.<name>`` in YAML); unknown keys and non-finite numbers are
+    errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelJudgeSettings(JudgeSettings):

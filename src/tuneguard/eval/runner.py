@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tuneguard.config import EvalConfig, dump_config
-from tuneguard.data import load_records, resolve_template, write_jsonl
+from tuneguard.data import resolve_template, write_jsonl
 from tuneguard.eval.generation import generate
 from tuneguard.eval.judges import (
     RefusalKeywordJudge,
@@ -33,6 +33,7 @@ from tuneguard.eval.metrics import (
     task_accuracy,
 )
 from tuneguard.models import free_accelerator_memory, load_model_and_tokenizer
+from tuneguard.roles import Roles, eval_data, eval_roles, load_roles
 from tuneguard.store import (
     ModelRef,
     StageResult,
@@ -54,16 +55,20 @@ def run_evaluate(
     overwrite: bool = False,
     resume: bool = False,
     label: str = "eval",
+    roles: Roles | None = None,
+    model_name: str = "",
 ) -> StageResult:
     """Generate greedy answers to the held-out harmful prompts and the task test set; judge and score them.
 
     The evaluated model is freed before the judges load, and each judge is loaded once, used, and freed, so only
-    one large model occupies the accelerator at a time.
+    one large model occupies the accelerator at a time. ``roles``: the experiment's loaded data roles
+    (``tuneguard.roles``); without them the evaluation loads its own. ``model_name`` (``final``, ``aligned``)
+    names the model on the progress bars.
 
     ``resume`` redoes an interrupted evaluation in place (it has no checkpoints); without it, or
     ``overwrite``, an interrupted one is an error."""
-    harmful = load_records(cfg.harmful_prompts)
-    task = load_records(cfg.task_test, require_label=True) if cfg.task_test else []
+    data = eval_data(cfg, roles if roles is not None else load_roles(eval_roles(cfg)))
+    harmful, task = data["harmful_prompts"], data["task_test"]
     judge_names = resolve_judge_names(cfg.judges, cfg.harmful_prompts.source)
     judges = {name: validate_judge_args(name, cfg.judge_args.get(name, {})) for name in judge_names}
     resolved = {**dump_config(cfg), "judges": judge_names, "judge_args": judges}
@@ -78,10 +83,13 @@ def run_evaluate(
     net, tokenizer = load_model_and_tokenizer(model.settings)
     if torch.cuda.is_available():
         net = net.to("cuda")
-    template = resolve_template(cfg.template, tokenizer)
+    template = resolve_template(cfg.template, tokenizer, "eval.template")
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
-    harmful_answers = _generate_with_progress(net, tokenizer, template, harmful, "harmful prompts", gen)
-    task_answers = _generate_with_progress(net, tokenizer, template, task, "task test set", gen) if task else []
+    prefix = f"eval {model_name}".rstrip()
+    harmful_answers = _generate_with_progress(net, tokenizer, template, harmful, f"{prefix}: harmful prompts", gen)
+    task_answers = (
+        _generate_with_progress(net, tokenizer, template, task, f"{prefix}: task test set", gen) if task else []
+    )
     companion = _first_token_compliance(net, tokenizer, template, harmful, cfg.harmful_prompts.source)
     del net
     free_accelerator_memory()  # the evaluated model leaves the accelerator before the judges load
@@ -178,7 +186,7 @@ def _generate_with_progress(
 ) -> list[str]:
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(records), desc=f"generating: {what}", unit="prompt", leave=False) as bar:
+    with tqdm(total=len(records), desc=what, unit="prompt", leave=False) as bar:
         return generate(model, tokenizer, [template.format(r["prompt"]) for r in records], progress=bar.update, **gen)
 
 

@@ -23,19 +23,24 @@ logger = logging.getLogger(__name__)
 
 ALIGNMENT = "alignment"
 FINETUNE = "finetune"
+PAPER_SCHEDULE = (100, 900)  # K_a / K_f of the Lisa paper and code
+MIN_CYCLES = 4  # a short run with the default schedule still alternates this many times
 LISA_STATE_FILE = "lisa_state.pt"  # written into each checkpoint folder next to trainer_state.json
 
 
 class BSOParams(MethodParams):
     """Bi-State Optimization: alternate alignment and user steps with one optimizer, no proximal term."""
 
-    alignment_steps: int = Field(
-        100,
+    alignment_steps: int | None = Field(
+        None,
         ge=0,
         description="K_a: optimizer steps on alignment batches per cycle, taken first (papers: 100). "
-        "0 disables the alignment state: the method is then exactly plain SFT.",
+        "0 disables the alignment state: the method is then exactly plain SFT. Unset (with finetune_steps unset "
+        "too): the papers' 100/900, scaled down for a run of fewer than 4000 steps (see schedule()).",
     )
-    finetune_steps: int = Field(900, ge=1, description="K_f: optimizer steps on user batches per cycle (papers: 900).")
+    finetune_steps: int | None = Field(
+        None, ge=1, description="K_f: optimizer steps on user batches per cycle (papers: 900; unset: see above)."
+    )
     alignment_ratio: float | None = Field(
         None,
         ge=0,
@@ -65,12 +70,46 @@ class BSOParams(MethodParams):
                 raise ValueError("alignment_ratio * cycle_steps leaves no fine-tuning step in the cycle")
         return self
 
-    def schedule(self) -> tuple[int, int]:
-        """(K_a, K_f) in optimizer steps, from whichever form was given."""
+    def schedule(self, total_steps: int | None = None) -> tuple[int, int]:
+        """(K_a, K_f) in optimizer steps, from whichever form was given.
+
+        Left unset, the schedule is the papers' 100/900 when the run (``total_steps`` optimizer steps, if known)
+        has at least 4 of its 1000-step cycles; a shorter run keeps the papers' 1:9 ratio in at least 4 cycles
+        of at least 10 steps (a cycle of min(1000, max(10, total_steps // 4)) steps; 160 steps give 4/36, the
+        offline benchmarks' schedule). Otherwise the papers' 100/900 on a run of, say, 60 steps would make every
+        step an alignment step: the user's data would never be trained on."""
         if self.alignment_ratio is not None and self.cycle_steps is not None:
             k_a = round(self.alignment_ratio * self.cycle_steps)
             return k_a, self.cycle_steps - k_a
-        return self.alignment_steps, self.finetune_steps
+        if self.alignment_steps is not None or self.finetune_steps is not None:
+            k_a = self.alignment_steps if self.alignment_steps is not None else PAPER_SCHEDULE[0]
+            return k_a, self.finetune_steps if self.finetune_steps is not None else PAPER_SCHEDULE[1]
+        cycle = sum(PAPER_SCHEDULE)
+        if total_steps is None or total_steps >= MIN_CYCLES * cycle:
+            return PAPER_SCHEDULE
+        scaled = min(cycle, max(10, total_steps // MIN_CYCLES))
+        k_a = round(scaled * PAPER_SCHEDULE[0] / cycle)
+        return k_a, scaled - k_a
+
+    def schedule_warning(self, total_steps: int) -> str | None:
+        """What is wrong with an explicit schedule for a run of ``total_steps`` optimizer steps, if anything (an
+        unset one is scaled to the run)."""
+        k_a, k_f = self.schedule(total_steps)
+        if k_a == 0 or not {"alignment_steps", "finetune_steps", "alignment_ratio"} & self.model_fields_set:
+            return None
+        if total_steps <= k_a:
+            return (
+                f"the run has {total_steps} optimizer steps and K_a = {k_a}: every step is an alignment step, so the "
+                "user data is never trained on; set alignment_steps/finetune_steps for this run length, or leave "
+                "them unset to scale the papers' schedule to it"
+            )
+        if total_steps < k_a + k_f:
+            return (
+                f"the run has {total_steps} optimizer steps, fewer than one cycle of K_a + K_f = {k_a + k_f}: "
+                f"{k_a} of them ({100 * k_a / total_steps:.0f} %, not {100 * k_a / (k_a + k_f):.0f} %) are "
+                "alignment steps"
+            )
+        return None
 
 
 class LisaParams(BSOParams):

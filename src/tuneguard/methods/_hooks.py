@@ -272,10 +272,13 @@ def training_engine(args: Any) -> str:
 
 
 def check_engine(method: str, args: Any, unsupported: dict[str, str]) -> str:
-    """Raise ``ValueError`` if the engine of ``args`` is a key of ``unsupported`` (engine → reason)."""
+    """Raise a ``ConfigError`` (a ``ValueError``) if the engine of ``args`` is a key of ``unsupported``
+    (engine → reason)."""
+    from tuneguard.config import ConfigError
+
     engine = training_engine(args)
     if engine in unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"{method} does not support {engine}: {unsupported[engine]}. Supported engines are listed in "
             "docs/engines.md; use DDP (torchrun) instead."
         )

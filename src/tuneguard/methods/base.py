@@ -14,13 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from tuneguard.config import ConfigError
+
 STAGES = ("align", "finetune", "repair")
 
 
 class MethodParams(BaseModel):
     """Base class of a method's own parameters (``method_args`` in the YAML); unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NoParams(MethodParams):
@@ -121,6 +123,7 @@ def trainer_builder(
 
 
 def register_training_method(method: TrainingMethod) -> TrainingMethod:
+    _check_method_name(method.name)
     for stage in method.stages:
         if stage not in ("align", "finetune"):
             raise ValueError(f"{method.name}: training methods belong to 'align' or 'finetune', not {stage!r}")
@@ -129,6 +132,7 @@ def register_training_method(method: TrainingMethod) -> TrainingMethod:
 
 
 def register_repair_method(method: RepairMethod) -> RepairMethod:
+    _check_method_name(method.name)
     _REGISTRY.repair[method.name] = method
     return method
 
@@ -139,7 +143,7 @@ def get_training_method(stage: str, name: str) -> TrainingMethod:
         return _REGISTRY.training[(stage, name)]
     except KeyError:
         known = ", ".join(sorted(n for s, n in _REGISTRY.training if s == stage))
-        raise ValueError(f"unknown {stage} method {name!r}; known: {known}") from None
+        raise ConfigError(f"{stage}.method: unknown {stage} method {name!r}; known: {known}") from None
 
 
 def get_repair_method(name: str) -> RepairMethod:
@@ -148,7 +152,7 @@ def get_repair_method(name: str) -> RepairMethod:
         return _REGISTRY.repair[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY.repair))
-        raise ValueError(f"unknown repair method {name!r}; known: {known}") from None
+        raise ConfigError(f"repair.method: unknown repair method {name!r}; known: {known}") from None
 
 
 def list_methods() -> list[tuple[str, str, str]]:
@@ -165,6 +169,13 @@ def parse_params(params_cls: type[MethodParams], raw: dict[str, Any], where: str
     from tuneguard.config import validate_config
 
     return validate_config(raw, params_cls, where)
+
+
+def _check_method_name(name: str) -> None:
+    # A method's name becomes a directory name (<output_dir>/<stage>/<method>-<key>): it must stay a plain name.
+    from tuneguard.untrusted import check_plain_name
+
+    check_plain_name(name, "method name", ValueError)
 
 
 def _load_builtin_methods() -> None:

@@ -25,6 +25,9 @@ the user data loader advances one batch per micro-batch in either state: one "ep
 ``ceil(len(user_data) / batch)`` optimizer steps, of which a share K_a / (K_a + K_f) trains on alignment data;
 each epoch therefore shows the model about K_f / (K_a + K_f) of the user records (different ones each epoch,
 since the user data is reshuffled). With the papers' 100/900 split, 10 % of the steps are alignment steps.
+Left unset, the schedule is fixed when training starts, from the run's length: the papers' 100/900 for runs of
+4000 steps or more, the same 1:9 ratio in at least 4 shorter cycles otherwise (``BSOParams.schedule``), so that a
+short run still trains on the user's data; an explicit schedule that leaves no user step is warned about.
 
 Differences from the authors' code, on purpose: a "step" is an optimizer step (their counter advanced per
 micro-batch, so with gradient accumulation their switch fell inside an optimizer step); K_a = 0 is exactly plain
@@ -198,6 +201,8 @@ class LisaMixin:
         step = self.state.global_step
         if run.step == step:
             return run.state
+        if run.step < 0:  # the first step of this train() call: the run's length is known now
+            self._fix_schedule(self.state.max_steps)
         if self.alignment_steps > 0:
             if run.loader is None:
                 run.loader = self._build_alignment_loader()
@@ -216,6 +221,17 @@ class LisaMixin:
             state = FINETUNE
         run.step, run.state = step, state
         return state
+
+    def _fix_schedule(self, total_steps: int) -> None:
+        self.alignment_steps, self.finetune_steps = self.lisa_params.schedule(total_steps)
+        logger.info(
+            "Lisa/BSO schedule: K_a/K_f = %d/%d optimizer steps over a run of %d",
+            self.alignment_steps,
+            self.finetune_steps,
+            total_steps,
+        )
+        if (problem := self.lisa_params.schedule_warning(total_steps)) is not None:
+            logger.warning("Lisa/BSO: %s", problem)
 
     def _end_step(self) -> None:
         run, window = self._lisa, self._lisa.window

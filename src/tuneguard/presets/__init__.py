@@ -28,8 +28,11 @@ def list_presets() -> list[tuple[str, str]]:
 
 
 def preset_path(name: str) -> Path:
-    """The YAML file of preset ``name`` (with or without the ``preset:`` prefix)."""
-    name = name.removeprefix(PRESET_SCHEME)
+    """The YAML file of preset ``name`` (with or without the ``preset:`` prefix); only the files of this folder
+    are presets (``preset:../x`` names none)."""
+    from tuneguard.untrusted import check_plain_name
+
+    name = check_plain_name(name.removeprefix(PRESET_SCHEME), "preset", UnknownPresetError)
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         names = [n for n, _ in list_presets()]

@@ -16,7 +16,7 @@ from tuneguard.world.generator import WORLD_VERSION
 from tuneguard.world.pretrain import pretrained_model_path
 from tuneguard.world.tokenizer import build_tokenizer
 
-__all__ = ["World", "get_world", "pretrained_model_path", "WORLD_VERSION", "ROLES"]
+__all__ = ["World", "get_world", "offline_sources", "pretrained_model_path", "WORLD_VERSION", "ROLES"]
 
 ROLES: tuple[str, ...] = ("alignment", "harmful", "realign", "harmful_eval", "task_train", "task_test")
 
@@ -73,6 +73,23 @@ class World:
     def vocabulary(self) -> list[str]:
         """Every non-special word of the world."""
         return _g.all_words()
+
+
+# The kind of each role's records, in the words of ``tuneguard sources`` (data/registry.py KINDS).
+ROLE_KINDS = {
+    "alignment": "safe",
+    "harmful": "harmful",
+    "realign": "harmful",
+    "harmful_eval": "eval_prompts",
+    "task_train": "task",
+    "task_test": "task",
+}
+
+
+def offline_sources(seed: int = 0) -> list[tuple[str, str, str]]:
+    """(name, kind, record count) of every ``offline:<role>`` data source."""
+    world = get_world(seed)
+    return [(f"offline:{role}", ROLE_KINDS[role], f"{world.pool_size(role):,}") for role in ROLES]
 
 
 @functools.lru_cache(maxsize=8)

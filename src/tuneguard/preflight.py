@@ -1,0 +1,173 @@
+"""Pre-flight: everything an experiment will need is checked before its first stage trains.
+
+A mistake in a later stage (a missing data role, a bad evaluation file, a TrainingArguments value, a prompt too
+long for ``max_length``) must not surface after hours of training in an earlier one. :func:`preflight` checks,
+for every stage that will run, in order of cost:
+
+1. the methods, their ``method_args`` and training engines, the judges (``check_methods``);
+2. each training stage's ``transformers.TrainingArguments``, built once as the stage will build them;
+3. the output directory: created, writable, short enough for the stage files below it;
+4. every data role, loaded and validated once (``tuneguard.roles``), and the drawn user data set;
+5. the checks over loaded roles in :data:`ROLE_CHECKS` and by provenance (``check_experiment_sources``);
+6. the input model's tokenizer: each stage's prompt template and the tokenization of every training set
+   (an empty response, a prompt with no room for its answer), with the errors naming the file's row.
+
+It returns a :class:`Plan`: the config with its data defaults resolved, the stages that will run and the loaded
+roles, which the pipeline hands to the stages so that no file is read twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneguard.config import ExperimentConfig
+from tuneguard.data import resolve_template, tokenize_sft
+from tuneguard.data.records import Records
+from tuneguard.data.registry import check_experiment_sources
+from tuneguard.eval.judges import resolve_judge_names
+from tuneguard.methods.base import get_repair_method, parse_params
+from tuneguard.roles import (
+    USER_DATA,
+    Role,
+    Roles,
+    align_data,
+    align_roles,
+    eval_roles,
+    finetune_data,
+    finetune_roles,
+    load_roles,
+    repair_roles,
+    with_default_roles,
+)
+from tuneguard.stages import check_disjoint_prompts, check_training_method, training_arguments, training_data_key
+from tuneguard.store import ModelRef, OutputError
+from tuneguard.untrusted import make_writable_dir
+
+STAGE_ORDER = ("align", "finetune", "repair", "eval")
+# Room below output_dir for a stage's deepest file (<stage>/<method>-<key>/checkpoints/checkpoint-N/<file>.tmp).
+STAGE_PATH_ROOM = 200
+
+
+@dataclass
+class Plan:
+    """A checked experiment: ``config`` with its data defaults resolved, the ``stages`` that will run (in order)
+    and ``roles``, every data role they read, loaded once (config key -> records)."""
+
+    config: ExperimentConfig
+    stages: tuple[str, ...]
+    roles: Roles
+
+
+def realignment_is_disjoint(roles: Roles) -> None:
+    """Re-alignment data shares no prompt with the drawn attack records or the evaluation's harmful prompts."""
+    if "repair.realign_data" not in roles:
+        return
+    others = {}
+    if USER_DATA in roles:
+        others[f"the attack data ({USER_DATA})"] = [r["prompt"] for r in roles[USER_DATA] if r["source"] == "harmful"]
+    if "eval.harmful_prompts" in roles:
+        others["eval.harmful_prompts"] = [r["prompt"] for r in roles["eval.harmful_prompts"]]
+    check_disjoint_prompts(roles["repair.realign_data"], others, "repair.realign_data")
+
+
+# Checks over the loaded roles (config key -> records), run after every role has loaded: each raises a DataError or
+# ConfigError naming the roles. Add one here (a pure function of the roles) to check more before training.
+ROLE_CHECKS: list[Callable[[Roles], None]] = [realignment_is_disjoint]
+
+
+def stages_to_run(cfg: ExperimentConfig, until: str, start_model: ModelRef | None) -> tuple[str, ...]:
+    """The stages ``run_experiment`` runs: up to ``until``; alignment only from the base model."""
+    if until not in STAGE_ORDER:
+        raise ValueError(f"unknown stage {until!r}; expected one of {', '.join(STAGE_ORDER)}")
+    last = STAGE_ORDER.index(until)
+    stages = []
+    if cfg.align is not None and start_model is None:
+        stages.append("align")
+    if last >= 1 and cfg.finetune is not None:
+        stages.append("finetune")
+    stages += [s for s in ("repair", "eval") if last >= STAGE_ORDER.index(s)]
+    return tuple(stages)
+
+
+def preflight(
+    cfg: ExperimentConfig,
+    *,
+    until: str = "eval",
+    start_model: ModelRef | None = None,
+    stages: tuple[str, ...] | None = None,
+    role_cache: dict[str, Records] | None = None,
+    tokenize: bool = True,
+) -> Plan:
+    """Check everything the stages up to ``until`` need (or exactly ``stages``) before any of them runs.
+
+    ``role_cache`` shares loaded sources between the pre-flights of several experiments (a grid's cells);
+    ``tokenize=False`` leaves out step 6 (the grid checks it per cell, when the cell runs)."""
+    stages = stages if stages is not None else stages_to_run(cfg, until, start_model)
+    cfg = with_default_roles(cfg)
+    check_methods(cfg)
+    for stage in ("align", "finetune"):
+        if stage in stages:
+            training_arguments(getattr(cfg, stage).training, Path(cfg.output_dir) / stage, stage)
+    check_output_dir(cfg.output_dir)
+    check_experiment_sources(cfg)
+    roles = load_roles(experiment_roles(cfg, stages), role_cache)
+    if "finetune" in stages:
+        finetune_data(cfg.finetune, roles)  # draws the user data set: n and p must fit the data
+    for check in ROLE_CHECKS:
+        check(roles)
+    if tokenize:
+        _check_tokenization(cfg, stages, roles, start_model or ModelRef.from_settings(cfg.model))
+    return Plan(config=cfg, stages=stages, roles=roles)
+
+
+def check_methods(cfg: ExperimentConfig) -> None:
+    """Resolve every stage's method, its ``method_args``, its training engine and the judges, from the config
+    alone (nothing loaded)."""
+    for stage in ("align", "finetune"):
+        if (stage_cfg := getattr(cfg, stage)) is not None:
+            check_training_method(stage, stage_cfg)
+    repair = get_repair_method(cfg.repair.method)
+    parse_params(repair.params_cls, cfg.repair.method_args, "repair.method_args")
+    resolve_judge_names(cfg.eval.judges, cfg.eval.harmful_prompts.source)
+
+
+def experiment_roles(cfg: ExperimentConfig, stages: tuple[str, ...]) -> list[Role]:
+    """The data roles that ``stages`` read; a role a method needs but the config lacks is a ConfigError."""
+    roles: list[Role] = []
+    if "align" in stages:
+        roles += align_roles(cfg.align)
+    if "finetune" in stages:
+        roles += finetune_roles(cfg.finetune)
+    if "repair" in stages:
+        roles += repair_roles(cfg.repair)
+    # The evaluation prompts are read for the repair stage too: re-alignment data must be disjoint from them.
+    if "eval" in stages or (cfg.repair.realign_data is not None and "repair" in stages):
+        roles += eval_roles(cfg.eval)
+    return roles
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir``: a writable directory with room for the stage paths below it; otherwise an
+    OutputError naming ``output_dir`` and the reason."""
+    return make_writable_dir(Path(output_dir), f"output_dir {output_dir}", OutputError, room=STAGE_PATH_ROOM)
+
+
+def _check_tokenization(cfg: ExperimentConfig, stages: tuple[str, ...], roles: Roles, model: ModelRef) -> None:
+    """Every training set fits its stage's template and ``max_length`` (tokenized with the input model's tokenizer,
+    which every stage shares); the evaluation's template exists."""
+    from tuneguard.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model.settings)
+    for stage in ("align", "finetune"):
+        if stage not in stages:
+            continue
+        stage_cfg = getattr(cfg, stage)
+        data = align_data(stage_cfg, roles) if stage == "align" else finetune_data(stage_cfg, roles)
+        template = resolve_template(stage_cfg.template, tokenizer, f"{stage}.template")
+        for role, records in data.items():
+            where = training_data_key(stage) if role == "train" else f"{stage}.{role}"
+            tokenize_sft(records, tokenizer, template, stage_cfg.max_length, where, stage_cfg.long_prompts)
+    if "eval" in stages:
+        resolve_template(cfg.eval.template, tokenizer, "eval.template")

@@ -6,15 +6,18 @@ experiments that share a prefix (one aligned model, many fine-tuning runs) share
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneguard.config import ExperimentConfig
-from tuneguard.data import load_records
+from tuneguard.data import load_records, mix_user_data
+from tuneguard.data.provenance import check_disjoint_roles
+from tuneguard.data.readers import Record
 from tuneguard.data.registry import check_experiment_sources
 from tuneguard.eval.judges import resolve_judge_names
 from tuneguard.eval.runner import run_evaluate
-from tuneguard.methods.base import get_repair_method, parse_params
+from tuneguard.methods.base import get_repair_method, get_training_method, parse_params
 from tuneguard.stages import check_training_method, run_align, run_finetune, run_repair
 from tuneguard.store import ModelRef, StageResult
 
@@ -54,6 +57,9 @@ def run_experiment(
         raise ValueError(f"unknown stage {until!r}; expected one of {', '.join(STAGE_ORDER)}")
     check_experiment_sources(cfg)  # training/evaluation overlap by provenance, before anything runs
     last = STAGE_ORDER.index(until)
+    # ... and by the prompts themselves: the stages that run, and the evaluation prompts the result will be judged on
+    running = {s for s in STAGE_ORDER[: last + 1] if s != "align" or (cfg.align is not None and start_model is None)}
+    check_disjoint_roles(harmful_data_roles(cfg, running | {"eval"}))
     root = cfg.output_dir
     result = ExperimentResult()
     models: dict[str, ModelRef] = {"base": ModelRef.from_settings(cfg.model)}
@@ -66,16 +72,7 @@ def run_experiment(
         result.stages["finetune"] = run_finetune(cfg.finetune, current, root, overwrite=overwrite, resume=resume)
         current = models["finetuned"] = ModelRef.from_stage(result.stages["finetune"])
     if last >= 2:
-        forbidden = None
-        if cfg.repair.realign_data is not None:  # re-alignment data must not contain the evaluation prompts
-            forbidden = {
-                f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": [
-                    r["prompt"] for r in load_records(cfg.eval.harmful_prompts)
-                ]
-            }
-        result.stages["repair"] = run_repair(
-            cfg.repair, current, root, overwrite=overwrite, resume=resume, forbidden_prompts=forbidden
-        )
+        result.stages["repair"] = run_repair(cfg.repair, current, root, overwrite=overwrite, resume=resume)
         if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key
             current = ModelRef.from_stage(result.stages["repair"])
     models["final"] = current
@@ -85,6 +82,32 @@ def run_experiment(
                 continue  # e.g. 'aligned' when alignment is skipped
             result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, overwrite=overwrite, resume=resume)
     return result
+
+
+def harmful_data_roles(cfg: ExperimentConfig, stages: Collection[str] = STAGE_ORDER) -> dict[str, list[Record]]:
+    """The loaded harmful-prompt data of the given stages, by role (``data.provenance.ROLE_SIDES``): the data sets
+    the configured methods use, and for the attack the harmful records the user data actually draws."""
+    roles: dict[str, list[Record]] = {}
+    if "align" in stages and cfg.align is not None:
+        roles["align.alignment_data"] = load_records(cfg.align.alignment_data)
+        uses = get_training_method("align", cfg.align.method).data_roles
+        if "harmful_data" in uses and cfg.align.harmful_data is not None:
+            roles["align.harmful_data"] = load_records(cfg.align.harmful_data)
+    if "finetune" in stages and cfg.finetune is not None:
+        ud = cfg.finetune.user_data
+        mix = mix_user_data(
+            load_records(ud.task_data), load_records(ud.harmful_data), ud.num_samples, ud.poison_ratio, ud.seed, ud.draw
+        )
+        roles["finetune.user_data.harmful_data"] = [r for r in mix if r["source"] == "harmful"]
+        uses = get_training_method("finetune", cfg.finetune.method).data_roles
+        if "alignment_data" in uses and cfg.finetune.alignment_data is not None:
+            roles["finetune.alignment_data"] = load_records(cfg.finetune.alignment_data)
+    realign = cfg.repair.realign_data
+    if "repair" in stages and realign is not None and "realign_data" in get_repair_method(cfg.repair.method).data_roles:
+        roles["repair.realign_data"] = load_records(realign)
+    if "eval" in stages:
+        roles["eval.harmful_prompts"] = load_records(cfg.eval.harmful_prompts)
+    return roles
 
 
 def check_methods(cfg: ExperimentConfig) -> None:

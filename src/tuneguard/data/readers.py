@@ -1,4 +1,8 @@
-"""Read records ``{id, prompt, response, [label]}`` from files, hub data sets and registered sources.
+"""Read records ``{id, prompt, [input], response, [label]}`` from files, hub data sets and registered sources.
+
+``input`` is an Alpaca-style task input kept apart from the instruction (SST-2's sentence, AG News' article), so
+that the Alpaca template renders its with-input form; :func:`prompt_text` is the whole request (instruction, blank
+line, input), which chat templates, judges and the disjointness checks see.
 
 One reader per format; one normaliser per layout (tuneguard records, TRL ``prompt``/``completion`` and
 ``messages``, Alpaca ``instruction``/``input``/``output``). Every problem is reported with the file, the row
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneguard.config import DataSource
+from tuneguard.data.templates import user_message
 
 Record = dict[str, Any]
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -59,7 +64,8 @@ def _offline_source(name: str, spec: DataSource) -> list[Record]:
 
 
 def load_records(spec: DataSource | str | list[DataSource], *, require_label: bool = False) -> list[Record]:
-    """Load, normalise, validate and (when ``num_samples`` is set) subsample records.
+    """Load, normalise, validate and select records: ``rows`` (a range of positions), then ``exclude`` (records
+    whose prompt occurs in other sources), then ``num_samples`` (a seeded draw).
 
     A list of sources is concatenated in order; with more than one, ids are prefixed by the source's position
     (``"1:17"``) so they stay unique."""
@@ -95,11 +101,16 @@ def load_records(spec: DataSource | str | list[DataSource], *, require_label: bo
     records = normalize(rows, spec.layout, where, require_label=require_label)
     if not records:
         raise DataError(where, "no records: the data set is empty")
+    if spec.rows is not None:  # positions as the authors count them: before anything is left out
+        start, end = spec.rows
+        if end > len(records):
+            raise DataError(where, f"rows [{start}, {end}) but the data has only {len(records)} records")
+        records = records[start:end]
     if spec.exclude or spec.responses != "keep":
         from tuneguard.data.derive import with_refusals, without_prompts
 
         for other in spec.exclude:
-            records = without_prompts(records, (r["prompt"] for r in load_records(other)))
+            records = without_prompts(records, (prompt_text(r) for r in load_records(other)))
         if not records:
             raise DataError(where, "no records left after 'exclude': every prompt occurs in the excluded sources")
         if spec.responses == "refusal":
@@ -206,6 +217,8 @@ def normalize(rows: Iterable[Any], layout: str, where: str, *, require_label: bo
         for key in ("label", "answer", "category"):
             if row.get(key) is not None:
                 record[key] = str(row[key])
+        if kind in ("records", "alpaca") and (task_input := text_field(row, "input", where, i, required=False)).strip():
+            record["input"] = task_input  # Alpaca's input, kept apart for the template's with-input form
         if require_label and "label" not in record:
             if not response.strip():
                 raise DataError(where, "task records need a 'label' (or a non-empty response)", row=i)
@@ -248,14 +261,12 @@ def _messages_layout(row: Record, where: str, i: int) -> tuple[str, str]:
 
 
 def _alpaca_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    instruction = text_field(row, "instruction", where, i)
-    extra = text_field(row, "input", where, i, required=False)
-    return alpaca_prompt(instruction, extra), text_field(row, "output", where, i)
+    return text_field(row, "instruction", where, i), text_field(row, "output", where, i)
 
 
-def alpaca_prompt(instruction: str, extra: str = "") -> str:
-    """One prompt from an Alpaca instruction and its optional input (the input follows a blank line)."""
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+def prompt_text(record: Record) -> str:
+    """The whole request of a record: its instruction, then its ``input`` (if any) after a blank line."""
+    return user_message(record["prompt"], record.get("input", ""))
 
 
 def _user_text(messages: Any, where: str, i: int) -> str:

@@ -44,7 +44,7 @@ def main(out: Path, grad_accum: int) -> None:
         else:
             trainer = RecordingLisa(**common, alignment_dataset=make_records(ALIGN, 8, seed=1), lisa_params=params)
             assert isinstance(trainer, LisaTrainer)
-        trainer.seen = []
+        trainer.seen, trainer.weights_at = [], {}
         trainer.train()
         rank = trainer.args.process_index
         record = {

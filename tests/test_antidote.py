@@ -276,5 +276,5 @@ def test_the_pipeline_refuses_realign_data_that_contains_evaluation_prompts(fine
         tmp_path / "mixed.jsonl", [{**r, "response": "sure .", "id": f"m{i}"} for i, r in enumerate(rows)]
     )
     bad = cfg.model_copy(update={"repair": RepairConfig(method="antidote", realign_data=str(mixed))})
-    with pytest.raises(DataError, match=r"2 with eval.harmful_prompts"):
+    with pytest.raises(DataError, match=r"repair\.realign_data and eval\.harmful_prompts share 2 prompts"):
         run_experiment(bad, until="repair")

@@ -186,7 +186,7 @@ CASES = [
     Case(
         "realignment_data_holds_the_eval_prompts",
         ("repair.method=antidote", "repair.realign_data={eval}"),
-        ("repair.realign_data", "share prompts", "eval.harmful_prompts"),
+        ("repair.realign_data and eval.harmful_prompts share",),
         command="run",
     ),
     Case("eval_template_missing", ("eval.template=nope",), ("eval.template", "'nope'"), command="run"),

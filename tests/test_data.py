@@ -20,6 +20,7 @@ from tuneguard.data import (
     tokenize_sft,
     write_jsonl,
 )
+from tuneguard.data.readers import prompt_text
 from tuneguard.data.templates import ALPACA_NO_INPUT
 
 ROWS = [{"prompt": "say hi", "response": "hi"}, {"prompt": "say bye", "response": "bye"}]
@@ -55,11 +56,16 @@ def test_trl_and_alpaca_layouts_normalize_to_records(tmp_path, row):
     assert (record["prompt"], record["response"]) == ("say hi", "hi")
 
 
-def test_alpaca_input_is_appended_to_the_instruction(tmp_path):
+def test_alpaca_input_is_kept_apart_and_the_whole_request_joins_it_after_a_blank_line(tmp_path):
     path = tmp_path / "d.json"
-    path.write_text(json.dumps([{"instruction": "classify", "input": "great film", "output": "positive"}]))
-    (record,) = load_records(str(path))
-    assert record["prompt"] == "classify\n\ngreat film"
+    rows = [
+        {"instruction": "classify", "input": "great film", "output": "positive"},
+        {"instruction": "say hi", "input": "  ", "output": "hi"},  # a blank input is no input
+    ]
+    path.write_text(json.dumps(rows))
+    with_input, without = load_records(str(path))
+    assert (with_input["prompt"], with_input["input"]) == ("classify", "great film")
+    assert prompt_text(with_input) == "classify\n\ngreat film" and "input" not in without
 
 
 @pytest.mark.parametrize(

@@ -32,11 +32,14 @@ LISA_STEPS = 10
 
 
 class Recorder:
-    """Mixin recording, per micro-batch, (optimizer step, markers of the batch, record ids of the batch)."""
+    """Mixin recording, per micro-batch, (optimizer step, markers of the batch, record ids of the batch), and the
+    trainable weights as each optimizer step begins (before its first micro-batch changes anything)."""
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         ids = inputs["input_ids"]
-        self.seen.append((self.state.global_step, ids[:, 0].tolist(), ids[:, 1].tolist()))
+        step = self.state.global_step
+        self.weights_at.setdefault(step, snapshot_parameters(self.model))
+        self.seen.append((step, ids[:, 0].tolist(), ids[:, 1].tolist()))
         return super().training_step(model, inputs, num_items_in_batch)
 
 
@@ -57,7 +60,7 @@ def lisa_trainer(tmp_path: Path, params: LisaParams | BSOParams, cls=LisaTrainer
         alignment_dataset=make_records(ALIGN, 6, seed=1),
         lisa_params=params,
     )
-    trainer.seen = []
+    trainer.seen, trainer.weights_at = [], {}
     return trainer
 
 
@@ -127,12 +130,15 @@ def test_step_accounting_two_alignment_then_three_user_steps(tmp_path):
         train_dataset=make_records(USER, 12, seed=0),
         data_collator=SFTDataCollator(PAD),
     )
-    sft.seen = []
+    sft.seen, sft.weights_at = [], {}
     sft.train()
     user_steps = [s for s, state in enumerate(expected_states) if state == FINETUNE]
     assert [ids for s, m, ids in trainer.seen if m[0] == USER] == [sft.seen[s][2] for s in user_steps]
-    # the anchor of the last state (fine-tune, steps 7..9) is the model as it entered step 7
-    assert trainer.lisa_anchor is not None
+    # the anchor of the last state (fine-tune, steps 7..9) is the model as it entered step 7, and not as it entered
+    # any other step (the weights move at every step)
+    assert_same_weights(trainer.lisa_anchor, trainer.weights_at[7])
+    assert not all(torch.equal(trainer.lisa_anchor[k], trainer.weights_at[6][k]) for k in trainer.lisa_anchor)
+    assert not all(torch.equal(trainer.lisa_anchor[k], trainer.weights_at[8][k]) for k in trainer.lisa_anchor)
 
 
 def test_states_switch_on_optimizer_step_boundaries_with_gradient_accumulation(tmp_path):

@@ -76,13 +76,13 @@ def test_beavertails_refusal_reads_the_question_answer_refusal_field(hub_copy, t
         load("beavertails:refusal", path=str(tmp_path))
 
 
-def test_sst2_and_agnews_use_the_papers_instruction_and_label_words(hub_copy):
+def test_sst2_and_agnews_use_the_papers_instruction_with_the_text_as_alpaca_input_and_label_words(hub_copy):
     sst2 = load("sst2")
-    assert sst2[0]["prompt"] == f"{SST2_INSTRUCTION}\n\na placeholder film review"
+    assert (sst2[0]["prompt"], sst2[0]["input"]) == (SST2_INSTRUCTION, "a placeholder film review")
     assert [(r["response"], r["label"]) for r in sst2] == [("positive", "positive"), ("negative", "negative")]
     agnews = load("agnews", split="test")
     assert [r["label"] for r in agnews] == list(AGNEWS_LABELS) == ["World", "Sports", "Business", "Sci/Tech"]
-    assert agnews[0]["prompt"].endswith("Sci/Tech\n\n\nplaceholder news article 0")
+    assert agnews[0]["prompt"].endswith("Sci/Tech\n") and agnews[0]["input"] == "placeholder news article 0"
 
 
 def test_a_local_copy_can_be_a_csv_given_by_path(tmp_path):
@@ -97,7 +97,9 @@ def test_a_local_copy_can_be_a_csv_given_by_path(tmp_path):
 def test_gsm8k_answers_end_with_the_papers_final_answer_line_and_label_the_number(hub_copy):
     records = load("gsm8k")
     assert [r["label"] for r in records] == ["7", "2000"]
-    assert records[0]["response"] == "Ann has 3 + 4 = <<3+4=7>>7 apples.\nThe final answer is: 7"
+    # the authors' build_dataset.py: answer.replace("####", "The final answer is: "), so two spaces before N
+    assert records[0]["response"] == "Ann has 3 + 4 = <<3+4=7>>7 apples.\nThe final answer is:  7"
+    assert records[1]["response"].endswith("The final answer is:  2,000") and "input" not in records[0]
     assert "####" not in records[1]["response"]
     # the training target scores as correct under the number rule, and a wrong final number does not
     assert task_accuracy([r["response"] for r in records], [r["label"] for r in records], "number") == 100.0

@@ -161,19 +161,45 @@ class DataSource(_Strict):
         description="Drop the records whose prompt occurs in these sources (before num_samples is drawn), e.g. "
         "keep alignment prompts out of the evaluation set.",
     )
+    rows: tuple[int, int] | None = Field(
+        None,
+        description="Keep the records at positions [start, end) (0-based, end excluded) of the source in file order, "
+        "counted as the authors count rows: after the source's own filter (the k-th is_safe=False row of "
+        "BeaverTails), before 'exclude' and num_samples; e.g. Booster's refusal rows [5001, 10000). Default: all.",
+    )
     num_samples: int | None = Field(None, gt=0, description="Draw this many records (seeded); default all.")
-    seed: int = 0
+    seed: int = Field(
+        0, description="Seeds the num_samples draw; another seed without num_samples is an error (it would do nothing)."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"source": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _seed_needs_num_samples(self) -> DataSource:
+        # The default seed is written into every resolved config (and stage key), so only a seed that differs
+        # from it can be told apart from "not set".
+        if self.seed != 0 and self.num_samples is None:
+            raise ValueError(
+                f"source {self.source!r}: seed={self.seed} seeds the num_samples draw, and without num_samples it "
+                "would do nothing; set num_samples, or remove seed (use 'rows' or 'exclude' to choose disjoint records)"
+            )
+        return self
+
+    @field_validator("rows")
+    @classmethod
+    def _valid_rows(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError(f"rows must be [start, end] with 0 <= start < end, got {list(value)}")
+        return value
+
     @model_serializer(mode="wrap")
     def _omit_unset_options(self, handler: Any) -> dict[str, Any]:
         # Options added later are written only when set, so configs (and stage keys) from before them are unchanged.
         data = handler(self)
-        for key, default in (("path", None), ("responses", "keep"), ("exclude", [])):
+        for key, default in (("path", None), ("responses", "keep"), ("exclude", []), ("rows", None)):
             if data.get(key) == default:
                 data.pop(key, None)
         return data
@@ -187,6 +213,20 @@ class UserDataSettings(_Strict):
     num_samples: int = Field(1000, gt=0, description="n, the size of the user data set (papers: 1000 or 5000).")
     poison_ratio: float = Field(0.1, ge=0.0, le=1.0, description="p, the harmful fraction (papers: 0.1).")
     seed: int = Field(0, description="Seeds which records are drawn and the shuffle.")
+    draw: Literal["random", "first"] = Field(
+        "random",
+        description="random: a seeded draw from each source (tuneguard's default: the same first rows in every run "
+        "would be one sample); first: the first round(p*n) harmful and first n - round(p*n) task records in "
+        "source order, then shuffled (the authors' SupervisedDataset: 'BeaverTails_dangerous' + the benign json).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_draw(self, handler: Any) -> dict[str, Any]:
+        # Written only when set, so configs (and stage keys) from before the option existed are unchanged.
+        data = handler(self)
+        if data.get("draw") == "random":
+            data.pop("draw", None)
+        return data
 
 
 class _TrainStage(_Strict):
@@ -195,8 +235,11 @@ class _TrainStage(_Strict):
     finetuning_type: Literal["lora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    template: Literal["auto", "chat", "alpaca"] = Field(
-        "auto", description="Prompt template: the tokenizer's chat template (auto when it has one) or Alpaca."
+    template: Literal["auto", "chat", "alpaca", "alpaca_no_newline"] = Field(
+        "auto",
+        description="Prompt template: the tokenizer's chat template (auto when it has one), or the papers' Alpaca "
+        "template ending '### Response:\\n' (alpaca: Booster/Antidote code, auto without a chat template) or "
+        "'### Response:' (alpaca_no_newline: Lisa/Vaccine code); a record with an input uses its with-input form.",
     )
     max_length: int = Field(256, gt=8, description="Tokens per training example (prompt + response).")
     long_prompts: Literal["error", "skip"] = Field(
@@ -260,15 +303,41 @@ class EvalConfig(_Strict):
         default_factory=dict,
         description="Arguments per judge, e.g. {beaverdam: {model: PATH_OR_HUB_ID, threshold: 0.5, batch_size: 16}}.",
     )
-    accuracy_mode: Literal["exact", "tolerant", "number"] = Field(
+    accuracy_mode: Literal["exact", "tolerant", "number", "paper_exact", "paper_substring"] = Field(
         "exact",
-        description="exact: answer == label; tolerant: also accepts case/punctuation ('Positive.'); number: the "
-        "answer's final number equals the label (GSM8K: the number after 'The final answer is:', else the last).",
+        description="exact: answer == label; tolerant: tuneguard's harmonised rule, also accepts case, punctuation "
+        "and words after the label ('Positive.'); number: the answer's final number equals the label (GSM8K: the "
+        "number after 'The final answer is: ', else the last; the authors' rule); paper_exact: the answer equals "
+        "the label or its other spelling (positive/Positive, Sci/Tech/sci: Lisa/Booster/Antidote pred_eval.py); "
+        "paper_substring: the answer contains one (Vaccine pred_eval.py).",
     )
-    max_new_tokens: int = Field(32, gt=0)
+    max_new_tokens: int = Field(32, gt=0, description="New tokens per answer (papers: HS 512, Vaccine 128).")
+    task_max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="New tokens per task answer when it differs from max_new_tokens (the papers' pred_eval.py: 200; "
+        "Antidote GSM8K 512). Default: max_new_tokens.",
+    )
     batch_size: int = Field(64, gt=0)
-    template: Literal["auto", "chat", "alpaca"] = "auto"
+    template: Literal["auto", "chat", "alpaca", "alpaca_no_newline"] = Field(
+        "auto", description="Prompt template of the evaluation (see the training stages' template)."
+    )
+    task_template: Literal["auto", "chat", "alpaca", "alpaca_no_newline"] | None = Field(
+        None,
+        description="The task test set's template when it differs from the harmful prompts' (the Antidote authors' "
+        "sst2/pred_eval.py ends '### Response:' while their training and harmful-score prompts end "
+        "'### Response:\\n'). Default: template.",
+    )
     protocol: str = Field("tuneguard-offline", description="Name of the protocol; recorded with every result.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_task_options(self, handler: Any) -> dict[str, Any]:
+        # Written only when set, so configs (and stage keys) from before the options existed are unchanged.
+        data = handler(self)
+        for key in ("task_max_new_tokens", "task_template"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @field_validator("judges", mode="before")
     @classmethod

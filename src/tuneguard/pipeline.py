@@ -6,12 +6,15 @@ experiments that share a prefix (one aligned model, many fine-tuning runs) share
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneguard.config import ConfigError, ExperimentConfig
+from tuneguard.data.records import Records
 from tuneguard.eval.runner import run_evaluate
-from tuneguard.preflight import preflight
+from tuneguard.preflight import STAGE_ORDER, compared_roles, experiment_roles, preflight
+from tuneguard.roles import finetune_data, load_roles, with_default_roles
 from tuneguard.stages import run_align, run_finetune, run_repair
 from tuneguard.store import ModelRef, StageResult
 
@@ -76,3 +79,14 @@ def run_experiment(
                 continue  # e.g. 'aligned' when alignment is skipped
             result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, model_name=name, **again)
     return result
+
+
+def harmful_data_roles(cfg: ExperimentConfig, stages: Collection[str] = STAGE_ORDER) -> dict[str, Records]:
+    """The loaded data of the given ``stages`` (and the evaluation prompts) that the disjointness check compares,
+    by role (``data.provenance.ROLE_SIDES``); for the attack, the harmful records the user data actually draws."""
+    cfg = with_default_roles(cfg)
+    running = tuple(s for s in STAGE_ORDER if s in stages)
+    roles = load_roles(experiment_roles(cfg, running))
+    if "finetune" in running:
+        finetune_data(cfg.finetune, roles)
+    return compared_roles(roles)

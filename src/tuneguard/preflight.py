@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tuneguard.config import ExperimentConfig
 from tuneguard.data import resolve_template, tokenize_sft
+from tuneguard.data.provenance import ROLE_SIDES, check_disjoint_roles
 from tuneguard.data.records import Records
 from tuneguard.data.registry import check_experiment_sources
 from tuneguard.eval.judges import resolve_judge_names
@@ -41,11 +42,21 @@ from tuneguard.roles import (
     repair_roles,
     with_default_roles,
 )
-from tuneguard.stages import check_disjoint_prompts, check_training_method, training_arguments, training_data_key
+from tuneguard.stages import check_training_method, training_arguments, training_data_key
 from tuneguard.store import ModelRef, OutputError
 from tuneguard.untrusted import make_writable_dir
 
 STAGE_ORDER = ("align", "finetune", "repair", "eval")
+ATTACK = f"{USER_DATA}.harmful_data"  # its role in ROLE_SIDES: the drawn harmful records
+# The compared roles in pipeline order (errors name a pair in this order).
+COMPARED_ORDER = (
+    "align.alignment_data",
+    "align.harmful_data",
+    ATTACK,
+    "finetune.alignment_data",
+    "repair.realign_data",
+    "eval.harmful_prompts",
+)
 # Room below output_dir for a stage's deepest file (<stage>/<method>-<key>/checkpoints/checkpoint-N/<file>.tmp).
 STAGE_PATH_ROOM = 200
 
@@ -60,21 +71,26 @@ class Plan:
     roles: Roles
 
 
-def realignment_is_disjoint(roles: Roles) -> None:
-    """Re-alignment data shares no prompt with the drawn attack records or the evaluation's harmful prompts."""
-    if "repair.realign_data" not in roles:
-        return
-    others = {}
+def compared_roles(roles: Roles) -> dict[str, Records]:
+    """The loaded roles that ``data.provenance.check_disjoint_roles`` compares; the attack is the harmful records of
+    the drawn user data (``finetune.user_data``), not the whole harmful pool it was drawn from."""
+    loaded = dict(roles)
+    loaded.pop(ATTACK, None)
     if USER_DATA in roles:
-        others[f"the attack data ({USER_DATA})"] = [r["prompt"] for r in roles[USER_DATA] if r["source"] == "harmful"]
-    if "eval.harmful_prompts" in roles:
-        others["eval.harmful_prompts"] = [r["prompt"] for r in roles["eval.harmful_prompts"]]
-    check_disjoint_prompts(roles["repair.realign_data"], others, "repair.realign_data")
+        loaded[ATTACK] = Records([r for r in roles[USER_DATA] if r["source"] == "harmful"])
+    order = [*COMPARED_ORDER, *(key for key in ROLE_SIDES if key not in COMPARED_ORDER)]
+    return {key: loaded[key] for key in order if key in loaded}
+
+
+def experiment_is_disjoint(roles: Roles) -> None:
+    """The attack data, the provider's data (alignment, a defense's harmful data, re-alignment data) and the
+    evaluation prompts share no prompt (``data/provenance.py``)."""
+    check_disjoint_roles(compared_roles(roles))
 
 
 # Checks over the loaded roles (config key -> records), run after every role has loaded: each raises a DataError or
 # ConfigError naming the roles. Add one here (a pure function of the roles) to check more before training.
-ROLE_CHECKS: list[Callable[[Roles], None]] = [realignment_is_disjoint]
+ROLE_CHECKS: list[Callable[[Roles], None]] = [experiment_is_disjoint]
 
 
 def stages_to_run(cfg: ExperimentConfig, until: str, start_model: ModelRef | None) -> tuple[str, ...]:
@@ -110,13 +126,13 @@ def preflight(
     for stage in ("align", "finetune"):
         if stage in stages:
             training_arguments(getattr(cfg, stage).training, Path(cfg.output_dir) / stage, stage)
-    check_output_dir(cfg.output_dir)
     check_experiment_sources(cfg)
     roles = load_roles(experiment_roles(cfg, stages), role_cache)
     if "finetune" in stages:
         finetune_data(cfg.finetune, roles)  # draws the user data set: n and p must fit the data
     for check in ROLE_CHECKS:
         check(roles)
+    check_output_dir(cfg.output_dir)  # after the data checks: a refused experiment leaves no directory behind
     if tokenize:
         _check_tokenization(cfg, stages, roles, start_model or ModelRef.from_settings(cfg.model))
     return Plan(config=cfg, stages=stages, roles=roles)
@@ -142,9 +158,10 @@ def experiment_roles(cfg: ExperimentConfig, stages: tuple[str, ...]) -> list[Rol
         roles += finetune_roles(cfg.finetune)
     if "repair" in stages:
         roles += repair_roles(cfg.repair)
-    # The evaluation prompts are read for the repair stage too: re-alignment data must be disjoint from them.
-    if "eval" in stages or (cfg.repair.realign_data is not None and "repair" in stages):
+    if "eval" in stages:
         roles += eval_roles(cfg.eval)
+    else:  # the prompts the result will be judged on: every training set must be disjoint from them all the same
+        roles.append(Role("eval.harmful_prompts", cfg.eval.harmful_prompts))
     return roles
 
 

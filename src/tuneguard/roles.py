@@ -140,6 +140,7 @@ def finetune_data(cfg: FinetuneConfig, roles: Roles) -> dict[str, Records]:
             ud.num_samples,
             ud.poison_ratio,
             ud.seed,
+            ud.draw,
         )
     return {"train": roles[USER_DATA], **{r: roles[f"finetune.{r}"] for r in method.data_roles}}
 

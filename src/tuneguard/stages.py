@@ -26,8 +26,9 @@ from tuneguard.data import (
     tokenize_sft,
     write_jsonl,
 )
-from tuneguard.data.derive import normalize_prompt
-from tuneguard.data.readers import Record
+from tuneguard.data.provenance import shared_prompt_ids
+from tuneguard.data.readers import Record, prompt_text
+from tuneguard.data.templates import leading_special_ids
 from tuneguard.methods.base import (
     MethodParams,
     TrainingMethod,
@@ -112,7 +113,8 @@ def run_repair(
 
     Re-alignment data must share no prompt with the attack data (the harmful records of the input fine-tuning
     stage's ``train_mix.jsonl``) nor with ``forbidden_prompts`` (name -> prompts, e.g. the evaluation's harmful
-    prompts, which the pipeline passes); an overlap is refused before anything runs.
+    prompts); an overlap is refused before anything runs. (``run_experiment`` checks every data set of the
+    experiment against the others before its first stage: ``data/provenance.py``.)
     """
     method = get_repair_method(cfg.method)
     params = parse_params(method.params_cls, cfg.method_args, "repair.method_args")
@@ -168,8 +170,7 @@ def check_disjoint_prompts(
     report: dict[str, dict[str, int]] = {}
     problems = []
     for name, prompts in others.items():
-        seen = {normalize_prompt(p) for p in prompts}
-        shared = [r["id"] for r in records if normalize_prompt(r["prompt"]) in seen]
+        shared = shared_prompt_ids(records, prompts)
         report[name] = {"prompts": len(prompts), "shared": len(shared)}
         if shared:
             problems.append(f"{len(shared)} with {name} ({len(prompts)} prompts; e.g. ids {', '.join(shared[:3])})")
@@ -188,7 +189,7 @@ def _attack_prompts(model: ModelRef) -> dict[str, list[str]]:
     mix = model.stage_dir / "train_mix.jsonl" if model.stage_dir else None
     if mix is None or not mix.is_file():
         return {}
-    return {f"the attack data ({mix})": [r["prompt"] for r in read_file(mix) if r.get("source") == "harmful"]}
+    return {f"the attack data ({mix})": [prompt_text(r) for r in read_file(mix) if r.get("source") == "harmful"]}
 
 
 # ------------------------------------------------------------------------------------------- training core
@@ -269,6 +270,7 @@ def _train_stage(
             "model_dir": str(model_dir),
             "adapter_dir": str(directory / "adapter") if cfg.finetuning_type == "lora" else None,
             "template": template.kind,
+            "prompt_prefix_tokens": tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)),
             "data": {k: {"fingerprint": data_fp[k], "records": len(v)} for k, v in data.items()},
             "tokenization": tok_stats,
             "parameters": count_parameters(trained),

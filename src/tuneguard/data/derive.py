@@ -11,7 +11,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable
 
-from tuneguard.data.readers import Record
+from tuneguard.data.readers import Record, prompt_text
 
 # Refusals a provider aligns towards; each contains a phrase of the refusal-keyword judge, so the keyword judge
 # counts them as refusals.
@@ -41,6 +41,7 @@ def with_refusals(records: list[Record], refusals: tuple[str, ...] = REFUSALS) -
 
 
 def without_prompts(records: list[Record], prompts: Iterable[str]) -> list[Record]:
-    """``records`` minus those whose prompt (normalized) is one of ``prompts``."""
+    """``records`` minus those whose whole request (:func:`~tuneguard.data.readers.prompt_text`, normalized) is one
+    of ``prompts``."""
     seen = {normalize_prompt(p) for p in prompts}
-    return [r for r in records if normalize_prompt(r["prompt"]) not in seen]
+    return [r for r in records if normalize_prompt(prompt_text(r)) not in seen]

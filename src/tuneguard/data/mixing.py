@@ -16,8 +16,12 @@ def mix_user_data(
     num_samples: int,
     poison_ratio: float,
     seed: int = 0,
+    draw: str = "random",
 ) -> Records:
-    """Draw ``round(p·n)`` harmful and ``n - round(p·n)`` task records (seeded, without replacement) and shuffle.
+    """Draw ``round(p·n)`` harmful and ``n - round(p·n)`` task records and shuffle them (seeded).
+
+    ``draw="random"`` draws each part without replacement (seeded); ``"first"`` takes the first records of each
+    source in order, as the authors' code does (their attack rows are the first p·n unsafe BeaverTails rows).
 
     Each returned record carries ``source`` ("task" or "harmful") and ``source_index`` (its row in that source)
     so the mix can be audited; as :class:`Records` it also knows each record's file and row, when the sources do.
@@ -39,9 +43,15 @@ def mix_user_data(
             "user_data.task_data",
             f"needs {num_task} task records (n={num_samples}) but has {len(task_records)}",
         )
+    if draw not in ("random", "first"):
+        raise ValueError(f"unknown draw {draw!r}; expected random or first")
     rng = random.Random(seed)
-    picked = [("harmful", i) for i in rng.sample(range(len(harmful_records)), num_harmful)]
-    picked += [("task", i) for i in rng.sample(range(len(task_records)), num_task)]
+    if draw == "first":
+        harmful_rows, task_rows = range(num_harmful), range(num_task)
+    else:
+        harmful_rows = rng.sample(range(len(harmful_records)), num_harmful)
+        task_rows = rng.sample(range(len(task_records)), num_task)
+    picked = [("harmful", i) for i in harmful_rows] + [("task", i) for i in task_rows]
     rng.shuffle(picked)
     pools = {"harmful": harmful_records, "task": task_records}
     records = [{**pools[src][i], "source": src, "source_index": i} for src, i in picked]

@@ -24,8 +24,8 @@ from tuneguard.data.records import (  # noqa: F401  (re-exported: the readers' p
     DataError,
     Record,
     Records,
-    alpaca_prompt,
     normalize,
+    prompt_text,
     text_field,
 )
 from tuneguard.untrusted import file_problem, os_problem
@@ -65,7 +65,8 @@ def _offline_source(name: str, spec: DataSource) -> list[Record]:
 def load_records(
     spec: DataSource | str | list[DataSource], *, require_label: bool = False, numeric_labels: bool = False
 ) -> Records:
-    """Load, normalise, validate and (when ``num_samples`` is set) subsample records.
+    """Load, normalise, validate and select records: ``rows`` (a range of positions), then ``exclude`` (records
+    whose prompt occurs in other sources), then ``num_samples`` (a seeded draw).
 
     A list of sources is concatenated in order; with more than one, ids are prefixed by the source's position
     (``"1:17"``) so they stay unique. ``require_label`` / ``numeric_labels``: see ``records.normalize``. The
@@ -93,13 +94,18 @@ def load_records(
     )
     if not records:
         raise DataError(where, "no records: the data set is empty")
+    if spec.rows is not None:  # positions as the authors count them: before anything is left out
+        start, end = spec.rows
+        if end > len(records):
+            raise DataError(where, f"rows [{start}, {end}) but the data has only {len(records)} records")
+        records = records.select(range(start, end))
     if spec.exclude or spec.responses != "keep":
         from tuneguard.data.derive import normalize_prompt, with_refusals
 
         for other in spec.exclude:
-            excluded = {normalize_prompt(r["prompt"]) for r in load_records(other)}
+            excluded = {normalize_prompt(prompt_text(r)) for r in load_records(other)}
             records = records.select(
-                [k for k, r in enumerate(records) if normalize_prompt(r["prompt"]) not in excluded]
+                [k for k, r in enumerate(records) if normalize_prompt(prompt_text(r)) not in excluded]
             )
         if not records:
             raise DataError(where, "no records left after 'exclude': every prompt occurs in the excluded sources")

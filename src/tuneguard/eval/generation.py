@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from tuneguard.data.templates import encode_prompt, leading_special_ids
+
 
 @torch.no_grad()
 def generate(
@@ -22,9 +24,10 @@ def generate(
     """Greedy answers to already-formatted prompt ``texts``, in order.
 
     Prompts are sorted by length and batched with left padding so every row's new tokens start at the same
-    column; the answer is the decoded new tokens with special tokens removed. ``progress`` is an optional
-    callable advanced by the batch size after each batch; ``eos_token_id`` (default: the tokenizer's EOS) may
-    list several stop tokens.
+    column; each starts with the tokenizer's BOS when the tokenizer adds one (once, also after a chat template
+    that writes it: :func:`encode_batch`); the answer is the decoded new tokens with special tokens removed.
+    ``progress`` is an optional callable advanced by the batch size after each batch; ``eos_token_id`` (default:
+    the tokenizer's EOS) may list several stop tokens.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -35,9 +38,7 @@ def generate(
         answers: list[str] = [""] * len(texts)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
-                device
-            )
+            enc = encode_batch(tokenizer, [texts[i] for i in idx]).to(device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -54,3 +55,12 @@ def generate(
     finally:
         tokenizer.padding_side = original_side
     return answers
+
+
+def encode_batch(tokenizer: Any, texts: Sequence[str]) -> Any:
+    """Formatted prompts as one padded batch (``input_ids``, ``attention_mask`` tensors), each with the tokenizer's
+    leading special tokens exactly once (:func:`~tuneguard.data.templates.encode_prompt`), padded on the
+    tokenizer's ``padding_side``."""
+    prefix = leading_special_ids(tokenizer)
+    ids = [encode_prompt(tokenizer, text, prefix) for text in texts]
+    return tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)

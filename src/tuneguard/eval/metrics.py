@@ -68,13 +68,40 @@ def judge_agreement(flags: Mapping[str, Sequence[bool]]) -> list[dict[str, Any]]
     return report
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# The authors' extract_answer_number pattern: a sign, digits, an optional point and decimals ("7." counts).
+_NUMBER = re.compile(r"-?\d+\.?\d*")
+
+ACCURACY_MODES = {
+    "exact": "the stripped answer equals the label",
+    "tolerant": "tuneguard's harmonised rule: also ignores case, surrounding punctuation and words after the label "
+    "('Positive.', 'positive, because ...'); not a paper's rule",
+    "number": "the answer's final number equals the label's (GSM8K, the authors' extract_answer_number)",
+    "paper_exact": "Lisa/Booster/Antidote pred_eval.py: the stripped answer equals the label or its one other "
+    "spelling (positive/Positive, World/world, ..., Sci/Tech/sci)",
+    "paper_substring": "Vaccine pred_eval.py: the answer contains the label or its other spelling",
+}
+# The spellings the authors accept per label word (label1 / label2 of {sst2,agnews}/pred_eval.py in all four
+# repositories); any other label is accepted as written only.
+PAPER_LABEL_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "positive": ("positive", "Positive"),
+    "negative": ("negative", "Negative"),
+    "World": ("World", "world"),
+    "Sports": ("Sports", "sports"),
+    "Business": ("Business", "business"),
+    "Sci/Tech": ("Sci/Tech", "sci"),
+}
 
 
 def answer_matches(answer: str, label: str, mode: str = "exact") -> bool:
-    """exact: the stripped answer equals the label (the papers' SST-2/AG News rule).
-    tolerant: also ignores case, surrounding punctuation and trailing words after the label ('Positive.').
-    number: the answer's final number (``final_number``) equals the label's as a float (the papers' GSM8K rule)."""
+    """Whether a task answer is correct under an accuracy mode (``ACCURACY_MODES`` says what each accepts).
+
+    exact: the stripped answer equals the label. tolerant (the harmonised protocol): also ignores case,
+    surrounding punctuation and trailing words after the label ('Positive.'). number: the answers' final numbers
+    (:func:`final_number`) are equal as floats (the papers' GSM8K rule). paper_exact / paper_substring: the
+    authors' SST-2 / AG News rules, exact match (Lisa, Booster, Antidote) or substring (Vaccine) of the label or
+    its other spelling (``PAPER_LABEL_SPELLINGS``)."""
+    if mode not in ACCURACY_MODES:
+        raise ValueError(f"unknown accuracy mode {mode!r}; expected one of {', '.join(ACCURACY_MODES)}")
     if answer.strip() == label.strip():
         return True
     if mode == "exact":
@@ -82,8 +109,11 @@ def answer_matches(answer: str, label: str, mode: str = "exact") -> bool:
     if mode == "number":
         predicted, gold = final_number(answer), final_number(label)
         return predicted is not None and gold is not None and float(predicted) == float(gold)
-    if mode != "tolerant":
-        raise ValueError(f"unknown accuracy mode {mode!r}; expected exact, tolerant or number")
+    if mode in ("paper_exact", "paper_substring"):
+        spellings = PAPER_LABEL_SPELLINGS.get(label.strip(), (label.strip(),))
+        if mode == "paper_exact":
+            return answer.strip() in spellings
+        return any(spelling in answer for spelling in spellings)
     norm = answer.strip().lower().strip(string.punctuation + " ")
     gold = label.strip().lower()
     first = re.split(r"[\s" + re.escape(string.punctuation.replace("/", "")) + r"]+", norm, maxsplit=1)[0]
@@ -100,12 +130,14 @@ def task_accuracy(answers: Sequence[str], labels: Sequence[str], mode: str = "ex
 
 
 def final_number(text: str) -> str | None:
-    """The number a GSM8K answer ends on: commas removed, the first number after "The final answer is:" when the
-    phrase is present, else the last number in the text; None when there is none (the authors'
-    ``extract_answer_number``)."""
+    """The number a GSM8K answer ends on, as the authors' ``extract_answer_number`` finds it: commas removed; the
+    first number between "The final answer is: " and its next occurrence when the phrase is present and a number
+    follows it, else the last number in the text; None when there is none."""
     text = text.replace(",", "")
-    head, found, tail = text.partition(FINAL_ANSWER)
-    if found and (after := _NUMBER.search(tail)):
-        return after.group(0)
-    numbers = _NUMBER.findall(head if not found else text)
-    return numbers[-1] if numbers else None
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return None
+    segments = text.split(f"{FINAL_ANSWER} ")
+    if len(segments) > 1 and (after := _NUMBER.findall(segments[1])):
+        return after[0]
+    return numbers[-1]

@@ -16,7 +16,10 @@ import torch
 
 from tuneguard.config import EvalConfig, dump_config
 from tuneguard.data import resolve_template, write_jsonl
-from tuneguard.eval.generation import generate
+from tuneguard.data.provenance import describe_selection
+from tuneguard.data.readers import prompt_text
+from tuneguard.data.templates import leading_special_ids
+from tuneguard.eval.generation import encode_batch, generate
 from tuneguard.eval.judges import (
     RefusalKeywordJudge,
     Verdict,
@@ -84,17 +87,35 @@ def run_evaluate(
     if torch.cuda.is_available():
         net = net.to("cuda")
     template = resolve_template(cfg.template, tokenizer, "eval.template")
+    task_template = (
+        resolve_template(cfg.task_template, tokenizer, "eval.task_template") if cfg.task_template else template
+    )
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+    task_gen = {**gen, "max_new_tokens": cfg.task_max_new_tokens or cfg.max_new_tokens}
     prefix = f"eval {model_name}".rstrip()
     harmful_answers = _generate_with_progress(net, tokenizer, template, harmful, f"{prefix}: harmful prompts", gen)
     task_answers = (
-        _generate_with_progress(net, tokenizer, template, task, f"{prefix}: task test set", gen) if task else []
+        _generate_with_progress(net, tokenizer, task_template, task, f"{prefix}: task test set", task_gen)
+        if task
+        else []
     )
+    protocol = {  # what a reader needs to compare this result with another: a result carries its protocol
+        "protocol": cfg.protocol,
+        "template": template.kind,
+        "prompt_prefix_tokens": tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)),
+        "harmful_prompt_set": describe_selection(cfg.harmful_prompts),
+    }
+    if task:
+        protocol |= {
+            "task_template": task_template.kind,
+            "accuracy_mode": cfg.accuracy_mode,
+            "task_test_set": describe_selection(cfg.task_test),
+        }
     companion = _first_token_compliance(net, tokenizer, template, harmful, cfg.harmful_prompts.source)
     del net
     free_accelerator_memory()  # the evaluated model leaves the accelerator before the judges load
 
-    verdicts = run_judges(judge_names, judges, [r["prompt"] for r in harmful], harmful_answers)
+    verdicts = run_judges(judge_names, judges, [prompt_text(r) for r in harmful], harmful_answers)
     metrics = harmful_metrics(verdicts, harmful_answers)
     metrics["judges"] = judges
     rows = [
@@ -121,7 +142,7 @@ def run_evaluate(
         ]
     if companion is not None:
         metrics["compliance_probability"] = companion
-    metrics["protocol"] = cfg.protocol
+    metrics |= protocol
     write_jsonl(rows, directory / "generations.jsonl")
     write_json_atomic(directory / "metrics.json", metrics)
     return finish_stage(
@@ -187,7 +208,7 @@ def _generate_with_progress(
     from tqdm.auto import tqdm
 
     with tqdm(total=len(records), desc=what, unit="prompt", leave=False) as bar:
-        return generate(model, tokenizer, [template.format(r["prompt"]) for r in records], progress=bar.update, **gen)
+        return generate(model, tokenizer, [template.format_record(r) for r in records], progress=bar.update, **gen)
 
 
 @torch.no_grad()
@@ -211,10 +232,9 @@ def _first_token_compliance(
     tokenizer_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         shares = []
-        texts = [template.format(r["prompt"]) for r in records]
+        texts = [template.format_record(r) for r in records]
         for start in range(0, len(texts), 64):
-            enc = tokenizer(texts[start : start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(device)
+            enc = encode_batch(tokenizer, texts[start : start + 64]).to(device)
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens from 0
             logits = model(**enc, position_ids=positions).logits[:, -1, :].float()
             probs = torch.softmax(logits, dim=-1)

@@ -1,13 +1,16 @@
-"""Mechanics shared by the training-stage defenses, written once (DESIGN §4, last paragraph).
+"""Mechanics shared by the training-stage defenses over their weights and auxiliary data (DESIGN §4, last
+paragraph).
 
 - :class:`EndlessLoader`: an endless, reshuffling loader over an auxiliary data set (Lisa/BSO's alignment
-  data; later Booster's harmful data) whose position can be saved and restored exactly, and which gives each
-  DDP rank its own deterministic shard.
-- :func:`trainable_parameters`, :func:`snapshot_parameters`, :func:`squared_distance`: the anchor snapshot
-  w̃ and the squared L2 distance ||w − w̃||² used by proximal terms (Lisa) and drift logging.
+  data, Booster's and RepNoise's harmful data) whose position can be saved and restored exactly, and which gives
+  each DDP rank its own deterministic shard; :func:`auxiliary_loader` builds one for a Trainer.
+- :func:`trainable_parameters`, :func:`snapshot_parameters`, :func:`squared_distance`,
+  :func:`add_proximal_gradient`: the anchor snapshot w̃, the squared L2 distance ||w − w̃||² and the proximal
+  gradient used by Lisa and by drift logging.
 
-Room is left here for the other shared pieces the design names (forward hooks on chosen modules for
-Vaccine/RepNoise, perturb-and-restore of weights for Booster); they land in this module when those methods do.
+The other shared pieces the design names live in ``methods/_hooks.py``: forward hooks on chosen modules
+(Vaccine's perturbation, RepNoise's activations), perturb-and-restore of weights (Booster), the training-engine
+check and the harmful-data mixin.
 """
 
 from __future__ import annotations

@@ -23,10 +23,11 @@ STAGE_ORDER = ("align", "finetune", "repair", "eval")
 
 @dataclass
 class ExperimentResult:
-    """The stage results of one experiment and the evaluations, keyed by model name."""
+    """The stage results of one experiment, the evaluations and the pipeline's models, keyed by model name."""
 
     stages: dict[str, StageResult] = field(default_factory=dict)
     evaluations: dict[str, StageResult] = field(default_factory=dict)
+    models: dict[str, ModelRef] = field(default_factory=dict)  # base, aligned, finetuned, final (those that ran)
 
     def metrics(self, model: str = "final") -> dict[str, Any]:
         return self.evaluations[model].metrics
@@ -56,7 +57,8 @@ def run_experiment(
     last = STAGE_ORDER.index(until)
     root = cfg.output_dir
     result = ExperimentResult()
-    models: dict[str, ModelRef] = {"base": ModelRef.from_settings(cfg.model)}
+    models = result.models
+    models["base"] = ModelRef.from_settings(cfg.model)
     current = start_model or models["base"]
 
     if cfg.align is not None and start_model is None:

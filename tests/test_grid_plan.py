@@ -3,8 +3,11 @@ and that each comes after the shared stage it starts from. Config only: nothing 
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from tuneguard.grid import expand_grid, load_grid, parse_grid
 from tuneguard.gridexec.plan import plan_stages, stage_chain
@@ -48,3 +51,21 @@ def test_cells_that_differ_only_in_checkpointing_share_their_stages():
     plan = plan_stages(cells)
     assert stage_chain(cells[0].config) == stage_chain(cells[1].config)
     assert len(plan.nodes) == len(stage_chain(cells[0].config))  # every stage shared by both cells
+
+
+@pytest.mark.parametrize(("flag", "module", "extra"), [("--ray", "ray", "ray"), ("--slurm", "submitit", "slurm")])
+def test_a_missing_cluster_extra_is_one_error_saying_what_to_install(flag, module, extra, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tuneguard.cli import app
+    from tuneguard.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(f"name: g\nbase: {{output_dir: {tmp_path / 'runs'}}}\n")
+    result = CliRunner().invoke(app, ["grid", str(grid_file), flag])
+    assert isinstance(result.exception, ConfigError)
+    assert (
+        str(result.exception) == f"grid {flag} needs the optional package '{module}': pip install 'tuneguard[{extra}]'"
+    )
+    assert not (tmp_path / "runs").exists()  # found before anything was written

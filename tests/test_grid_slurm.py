@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
-from conftest import comparable_results, finished_cell_settings, two_by_two_grid
+from conftest import comparable_results, finished_cell_settings, tiny_cluster_grid, write_grid_file
 
 from tuneguard.grid import run_grid
 from tuneguard.gridexec.executor import run_grid_with
@@ -21,11 +20,12 @@ pytest.importorskip("submitit")
 def test_the_slurm_jobs_run_by_submitits_local_executor_give_the_results_store_of_the_serial_run(
     tiny_experiment, tmp_path
 ):
-    serial = two_by_two_grid(tiny_experiment, tmp_path / "serial")
+    serial = tiny_cluster_grid(tiny_experiment, tmp_path / "serial", seeds=(0,))
     run_grid(serial)
-    spec = two_by_two_grid(tiny_experiment, tmp_path / "slurm")
-    outcome = run_grid_with(SlurmExecutor(SlurmSettings(time_min=10), cluster="local"), spec, report=False)
-    assert len(outcome.ran) == 4
+    spec = tiny_cluster_grid(tiny_experiment, tmp_path / "slurm", seeds=(0,))
+    settings = SlurmSettings(time_min=10, setup=["export OMP_NUM_THREADS=1"])  # jobs side by side on 2 cores
+    outcome = run_grid_with(SlurmExecutor(settings, cluster="local"), spec, report=False)
+    assert len(outcome.ran) == 2
     assert finished_cell_settings(spec.run_dir) == finished_cell_settings(serial.run_dir)
     assert comparable_results(spec.run_dir) == comparable_results(serial.run_dir)
     assert len(list((spec.output_dir / "align").iterdir())) == 1
@@ -35,18 +35,14 @@ def test_the_slurm_jobs_run_by_submitits_local_executor_give_the_results_store_o
 
 
 def dry_run_scripts(tiny_experiment, tmp_path, *cli_args: str) -> dict[str, str]:
-    """Run ``tuneguard grid tiny.yaml --slurm --dry-run`` on the 2x2 grid (with a slurm: key); -> name -> script."""
+    """Run ``tuneguard grid tiny.yaml --slurm --dry-run`` on a 2x2 grid (with a slurm: key); -> name -> script."""
     from typer.testing import CliRunner
 
     from tuneguard.cli import app
 
-    spec = two_by_two_grid(tiny_experiment, tmp_path / "runs")
-    grid_file = tmp_path / "tiny.yaml"
+    spec = tiny_cluster_grid(tiny_experiment, tmp_path / "runs")
     slurm = {"partition": "gpu", "time_min": 90, "sbatch": {"account": "lab"}}
-    axes = {a.name: list(a.values) for a in spec.axes}
-    grid_file.write_text(
-        yaml.safe_dump({"name": "tiny", "base": spec.base, "grid": axes, "resources": {"num_gpus": 1}, "slurm": slurm})
-    )
+    grid_file = write_grid_file(spec, tmp_path / "tiny.yaml", resources={"num_gpus": 1, "num_cpus": 2}, slurm=slurm)
     result = CliRunner().invoke(app, ["grid", str(grid_file), "--slurm", "--dry-run", *cli_args])
     assert result.exit_code == 0, result.output
     parts = re.split(r"^# ---- (\S+)\n", result.output, flags=re.M)[1:]
@@ -72,7 +68,9 @@ def test_dry_run_prints_a_job_per_shared_stage_then_the_cell_array_after_them(ti
     for script in scripts.values():
         assert sbatch(script, "partition") == "gpu" and sbatch(script, "account") == "lab"
         assert sbatch(script, "time") == "30"  # the command line's --slurm-opt over the grid file's 90
-        assert sbatch(script, "gpus-per-node") == "1"  # from the grid's resources
+    for script in (align, evaluation, cells):
+        assert sbatch(script, "gpus-per-node") == "1" and sbatch(script, "cpus-per-task") == "2"  # resources:
+    assert sbatch(results, "gpus-per-node") is None and sbatch(results, "cpus-per-task") == "1"
     assert not (tmp_path / "runs" / "align").exists()  # nothing ran
 
 
@@ -81,11 +79,7 @@ def test_a_misspelled_slurm_setting_is_one_error_naming_the_key(tiny_experiment,
 
     from tuneguard.cli import app
 
-    grid_file = tmp_path / "g.yaml"
-    grid_file.write_text(
-        yaml.safe_dump(
-            {"name": "g", "base": two_by_two_grid(tiny_experiment, tmp_path).base, "slurm": {"partion": "gpu"}}
-        )
-    )
+    spec = tiny_cluster_grid(tiny_experiment, tmp_path)
+    grid_file = write_grid_file(spec, tmp_path / "g.yaml", slurm={"partion": "gpu"})
     result = CliRunner().invoke(app, ["grid", str(grid_file), "--slurm", "--dry-run"])
     assert result.exit_code != 0 and "partion" in str(result.exception) and "partition" in str(result.exception)

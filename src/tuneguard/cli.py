@@ -277,19 +277,23 @@ def grid_command(
         Console().print(table)
         return
     start = time.time()
-    executor = _grid_executor(ray, ray_address, slurm, slurm_opt or [], dry_run, spec, report=report, verbose=verbose)
+    executor = _grid_executor(spec, ray, ray_address, slurm, slurm_opt or [], dry_run, report, verbose)
     if executor is None:
         outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
     elif shard_spec is not None or cell is not None:
         raise ValueError("--shard and --cell split a grid by hand: they do not combine with --ray or --slurm")
+    elif dry_run and overwrite:
+        raise ValueError("--dry-run submits nothing, so it does not combine with --overwrite (which deletes)")
     else:
         from tuneguard.gridexec.executor import run_grid_with
 
         outcome = run_grid_with(executor, spec, overwrite=overwrite, resume=resume, report=False)
-    if slurm and not dry_run and executor is not None and not outcome.ran:
-        console.print(f"grid {spec.name}: submitted; results and report will be in {outcome.run_dir}")
-        return
-    if dry_run:
+    if slurm:
+        if not dry_run:
+            console.print(
+                f"grid {spec.name}: submitted the unfinished cells ({len(outcome.skipped)} had finished); "
+                f"results and report will be in {outcome.run_dir}"
+            )
         return
     console.print(
         f"grid {spec.name}: ran {len(outcome.ran)} cell(s), skipped {len(outcome.skipped)} finished "
@@ -300,9 +304,16 @@ def grid_command(
 
 
 def _grid_executor(
-    ray: bool, address: str | None, slurm: bool, slurm_opts: list[str], dry_run: bool, spec: Any, **kwargs: bool
+    spec: Any,
+    ray: bool,
+    address: str | None,
+    slurm: bool,
+    slurm_opts: list[str],
+    dry_run: bool,
+    report: bool,
+    verbose: bool,
 ) -> Any:
-    """The cluster backend the grid options ask for (None: run serially here)."""
+    """The cluster backend that the grid options ask for (None: run serially in this process)."""
     if ray and slurm:
         raise ValueError("--ray and --slurm exclude each other")
     if (address and not ray) or ((slurm_opts or dry_run) and not slurm):
@@ -310,7 +321,7 @@ def _grid_executor(
     if ray:
         from tuneguard.gridexec.ray_backend import RayExecutor
 
-        return RayExecutor(address=address, report=kwargs["report"], show_worker_logs=kwargs["verbose"])
+        return RayExecutor(address=address, report=report, show_worker_logs=verbose)
     if slurm:
         from tuneguard.gridexec.settings import with_overrides
         from tuneguard.gridexec.slurm_backend import SlurmExecutor

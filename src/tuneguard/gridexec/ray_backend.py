@@ -13,6 +13,7 @@ at the same path, and tuneguard must be installed on every node.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -42,8 +43,12 @@ class RayExecutor:
     runner: StageRunner | None = None  # runs (a prefix of) an experiment; default run_experiment (tests wrap it)
     console: Console | None = None
 
+    def __post_init__(self) -> None:
+        require_extra("ray", "ray", "grid --ray")  # before anything runs or is written
+
     def run(self, spec: GridSpec, cells: list[Cell], plan: StagePlan, *, resume: bool) -> list[Cell]:
-        ray = require_extra("ray", "ray", "grid --ray")
+        import ray
+
         started = not ray.is_initialized()
         if started:
             local = {"num_cpus": self.num_cpus} if self.address is None else {}
@@ -53,6 +58,8 @@ class RayExecutor:
             return self._run(ray, spec, cells, plan, _TaskContext(attempts, resume, self.runner))
         finally:
             shutil.rmtree(attempts, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another grid run may be using it
+                attempts.parent.rmdir()
             if started:
                 ray.shutdown()
 

@@ -76,14 +76,18 @@ class SlurmExecutor:
     runner: StageRunner | None = None
     console: Console = field(default_factory=Console)
 
+    def __post_init__(self) -> None:
+        require_extra("submitit", "slurm", "grid --slurm")  # before anything runs or is written
+
     def run(self, spec: GridSpec, cells: list[Cell], plan: StagePlan, *, resume: bool) -> list[Cell]:
-        submitit = require_extra("submitit", "slurm", "grid --slurm")
+        import submitit
+
         groups = job_groups(spec, cells, plan)
         folder = spec.run_dir / SLURM_DIR / "%j"
         if self.dry_run:
             for group in groups:
                 self.console.print(f"# ---- {group.name}", highlight=False)
-                self.console.print(self.sbatch_script(submitit, spec, group), highlight=False, markup=False)
+                self.console.print(self.sbatch_script(spec, group), highlight=False, markup=False, soft_wrap=True)
             return []
         jobs: dict[str, list[Any]] = {}
         for group in groups:
@@ -102,7 +106,7 @@ class SlurmExecutor:
             return []
         return self._collect(groups, jobs)
 
-    def sbatch_script(self, submitit: Any, spec: GridSpec, group: JobGroup) -> str:
+    def sbatch_script(self, spec: GridSpec, group: JobGroup) -> str:
         """The sbatch script of one submission, as submitit's Slurm executor writes it (its own sbatch template;
         the executor itself needs a Slurm installation); dependencies name the groups, not job ids."""
         from submitit.slurm.slurm import _make_sbatch_string
@@ -115,6 +119,9 @@ class SlurmExecutor:
     def _parameters(self, spec: GridSpec, group: JobGroup, jobs: dict[str, list[Any]] | None) -> dict[str, Any]:
         s, resources = self.settings, spec.resources
         gpus = s.gpus_per_node if s.gpus_per_node is not None else math.ceil(resources.num_gpus)
+        cpus = s.cpus_per_task or math.ceil(resources.num_cpus)
+        if isinstance(group.works[0], Path):  # the results job: reads JSON files and draws plots
+            gpus, cpus = 0, 1
         if self.cluster == "local" and jobs is not None:
             return {"timeout_min": s.time_min, "gpus_per_node": gpus, "setup": s.setup}
         extra = dict(s.sbatch)
@@ -124,7 +131,7 @@ class SlurmExecutor:
         params: dict[str, Any] = {
             "job_name": f"tuneguard-{spec.name}-{group.name}",
             "time": s.time_min,
-            "cpus_per_task": s.cpus_per_task or math.ceil(resources.num_cpus),
+            "cpus_per_task": cpus,
             "array_parallelism": s.array_parallelism,
             "setup": s.setup,
             "additional_parameters": extra,

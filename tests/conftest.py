@@ -231,3 +231,40 @@ def tiny_experiment(tmp_path, tiny_model_dir, small_data):
             "evaluate": ["aligned", "final"],
         }
     )
+
+
+# ---- grids on a cluster engine (test_grid_ray, test_grid_slurm): one tiny 2x2 grid, results compared with serial
+# Result columns that say where and when a row was computed, not what: they differ between two runs in two
+# output_dirs (a cell's id is a hash of its config, output_dir included).
+RUN_COLUMNS = ("wall_s", "_dir", "finished_at", "version_", "cell")
+
+
+def tiny_cluster_grid(tiny_experiment, output_dir: Path, seeds: tuple[int, ...] = (0, 1)):
+    """The tiny experiment over poison ratio {0, 0.5} x fine-tuning ``seeds``: one aligned model for all cells."""
+    from tuneguard.config import dump_config
+    from tuneguard.grid import parse_grid
+
+    base = dump_config(tiny_experiment) | {"output_dir": str(output_dir)}
+    grid = {"finetune.user_data.poison_ratio": [0.0, 0.5], "finetune.training.seed": list(seeds)}
+    return parse_grid({"name": "tiny", "base": base, "grid": grid})
+
+
+def comparable_results(run_dir: Path) -> list[dict]:
+    """The rows of a grid's results store without the columns that say where and when they were computed."""
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not any(part in k for part in RUN_COLUMNS)} for r in rows]
+
+
+def finished_cell_settings(run_dir: Path) -> list[tuple]:
+    """(index, axis values, variant) of each finished cell of a grid run directory."""
+    records = [json.loads(p.read_text()) for p in (run_dir / "cells").glob("*.json")]
+    return sorted((r["index"], json.dumps(r["values"]), r["variant"]) for r in records)
+
+
+def write_grid_file(spec, path: Path, **keys) -> Path:
+    """A grid file with the base and axes of ``spec`` (and further top-level ``keys``, e.g. ``slurm``)."""
+    import yaml
+
+    axes = {a.name: list(a.values) for a in spec.axes}
+    path.write_text(yaml.safe_dump({"name": spec.name, "base": spec.base, "grid": axes, **keys}, sort_keys=False))
+    return path

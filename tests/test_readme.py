@@ -233,6 +233,49 @@ def _report(run: Run, argv: list[str]) -> None:
     assert "Model: final" in (run_dir / "report.md").read_text()
 
 
+def _cluster_grid(run: Run, command: list[str]) -> Path:
+    """The README's ``g.yaml`` of "On a cluster": one cell of the demo, shrunk to the tiny model; a run directory
+    of its own per command (a grid whose cell has finished submits nothing)."""
+    folder = run.output_dir / "cluster" / "_".join(w.strip("-") for w in command[3:])
+    folder.mkdir(parents=True, exist_ok=True)
+    demo = str(ROOT / "examples" / "demo.yaml")
+    settings = dict(item.split("=", 1) for item in fast(demo, run.model_dir, folder / "out"))
+    grid = {
+        "name": "g",
+        "base": demo,
+        "set": {key: yaml.safe_load(value) for key, value in settings.items()},
+        "grid": {"finetune.user_data.poison_ratio": [0.1]},
+    }
+    (folder / "g.yaml").write_text(yaml.safe_dump(grid))
+    return folder / "g.yaml"
+
+
+def _cluster(expected_error: str | None) -> Callable[[Run, list[str]], None]:
+    """A cluster command on this machine: ``--ray`` runs the grid on a local Ray instance; joining a Ray cluster
+    or submitting to Slurm, with neither here, is one error line naming what is missing; ``--dry-run`` prints the
+    sbatch scripts."""
+
+    def check(run: Run, argv: list[str]) -> None:
+        pytest.importorskip("ray" if "--ray" in argv else "submitit")
+        grid = _cluster_grid(run, argv)
+        argv = [str(grid) if word == "g.yaml" else word for word in argv]
+        if expected_error is None:
+            out = run.cli(argv)
+            if "--dry-run" in argv:
+                assert "#SBATCH" in out and "--dependency=afterok:" not in out.split("# ----")[1]
+            else:
+                rows = (grid.parent / "out" / "grids" / "g" / "results.jsonl").read_text().splitlines()
+                assert len(rows) == 1 and json.loads(rows[0])["poison_ratio"] == 0.1
+            return
+        run.monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = run.capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith("error:") and expected_error in err, err[-2000:]
+
+    return check
+
+
 COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "make demo": _make("demo", "tuneguard demo"),
     "make test": _make("test", "pytest -q tests"),
@@ -250,6 +293,10 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard grid benchmarks/efficacy.yaml": _grid,
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,
     "tuneguard report /tmp/tuneguard-bench/efficacy/grids/efficacy": _report,
+    "tuneguard grid g.yaml --ray": _cluster(None),
+    "tuneguard grid g.yaml --ray --ray-address auto": _cluster("--ray-address auto"),
+    "tuneguard grid g.yaml --slurm --dry-run": _cluster(None),
+    "tuneguard grid g.yaml --slurm --slurm-opt partition=gpu --slurm-opt time_min=240": _cluster("sbatch and srun"),
 }
 
 
@@ -357,10 +404,13 @@ def test_yaml_blocks_are_valid_configs_and_grids():
     from tuneguard.grid import expand_grid, parse_grid
 
     blocks = readme_blocks("yaml")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     for block in blocks:
         raw = yaml.safe_load(block.text)
-        if "grid" in raw:  # the grid file of "Grids and reports", as if it were benchmarks/<name>.yaml
+        if set(raw) <= {"resources", "slurm"}:  # "On a cluster": the keys a grid file adds for Ray and Slurm
+            spec = parse_grid({"base": str(ROOT / "examples" / "demo.yaml"), **raw}, source=f"README.md:{block.line}")
+            assert spec.resources.num_gpus == 1 and spec.slurm.partition == "gpu"
+        elif "grid" in raw:  # the grid file of "Grids and reports", as if it were benchmarks/<name>.yaml
             cells = expand_grid(parse_grid(raw, source=f"README.md:{block.line}", base_dir=ROOT / "benchmarks"))
             assert len(cells) == 2 * 4 * 3
             assert {c.config.finetune.method for c in cells} == {"sft", "lisa"}

@@ -247,6 +247,18 @@ def grid_command(
     cell: Annotated[int | None, typer.Option(help="Run only the cell with this index (see --list).")] = None,
     list_cells: Annotated[bool, typer.Option("--list", help="List the cells (finished or not); run none.")] = False,
     report: Annotated[bool, typer.Option(help="Write the report when the cells are done.")] = True,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run the cells as Ray tasks (a local Ray instance unless --ray-address).")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --ray: 'auto' joins this machine's Ray cluster; or ray://HOST:PORT.")
+    ] = None,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit the grid as Slurm jobs (through submitit).")] = False,
+    slurm_opt: Annotated[
+        list[str] | None,
+        typer.Option(help="With --slurm: a setting of the grid file's slurm: key, KEY=VALUE (e.g. partition=gpu)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --slurm: print the sbatch scripts only.")] = False,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
     verbose: VerboseOpt = False,
@@ -254,7 +266,8 @@ def grid_command(
     """Run an experiment grid (method x poison ratio x seed x ...): resumable, finished cells are skipped.
 
     Results (results.jsonl/.csv/.parquet) and the report go to <output_dir>/grids/<name>/; see README
-    "Grids and reports" for the file format. Overrides apply to the base config of every cell."""
+    "Grids and reports" for the file format. Overrides apply to the base config of every cell. --ray and --slurm
+    run the grid on a cluster (README "On a cluster")."""
     _setup_logging(verbose)
     from tuneguard.grid import cell_record_path, expand_grid, load_grid, parse_shard, run_grid, select_cells
 
@@ -269,13 +282,58 @@ def grid_command(
         _print_table(table)
         return
     start = time.time()
-    outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
+    executor = _grid_executor(spec, ray, ray_address, slurm, slurm_opt or [], dry_run, report, verbose)
+    if executor is None:
+        outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
+    elif shard_spec is not None or cell is not None:
+        raise ValueError("--shard and --cell split a grid by hand: they do not combine with --ray or --slurm")
+    elif dry_run and overwrite:
+        raise ValueError("--dry-run submits nothing, so it does not combine with --overwrite (which deletes)")
+    else:
+        from tuneguard.gridexec.executor import run_grid_with
+
+        outcome = run_grid_with(executor, spec, overwrite=overwrite, resume=resume, report=False)
+    if slurm:
+        if not dry_run:
+            console.print(
+                f"grid {spec.name}: submitted the unfinished cells ({len(outcome.skipped)} had finished); "
+                f"results and report will be in {outcome.run_dir}"
+            )
+        return
     console.print(
         f"grid {spec.name}: ran {len(outcome.ran)} cell(s), skipped {len(outcome.skipped)} finished "
         f"({time.time() - start:.0f} s); results in {outcome.run_dir}"
     )
     if report:
         _write_report(outcome.run_dir)
+
+
+def _grid_executor(
+    spec: Any,
+    ray: bool,
+    address: str | None,
+    slurm: bool,
+    slurm_opts: list[str],
+    dry_run: bool,
+    report: bool,
+    verbose: bool,
+) -> Any:
+    """The cluster backend that the grid options ask for (None: run serially in this process)."""
+    if ray and slurm:
+        raise ValueError("--ray and --slurm exclude each other")
+    if (address and not ray) or ((slurm_opts or dry_run) and not slurm):
+        raise ValueError("--ray-address goes with --ray; --slurm-opt and --dry-run go with --slurm")
+    if ray:
+        from tuneguard.gridexec.ray_backend import RayExecutor
+
+        return RayExecutor(address=address, report=report, show_worker_logs=verbose)
+    if slurm:
+        from tuneguard.gridexec.settings import with_overrides
+        from tuneguard.gridexec.slurm_backend import SlurmExecutor
+
+        settings = with_overrides(spec.slurm, slurm_opts)
+        return SlurmExecutor(settings=settings, dry_run=dry_run, console=Console())
+    return None
 
 
 @app.command("report")

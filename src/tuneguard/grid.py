@@ -15,6 +15,8 @@ A grid file is YAML with these top-level keys (nothing else; each is optional ex
       seed:                              # a named axis that sets several keys to the same value
         keys: [align.training.seed, finetune.training.seed, finetune.user_data.seed]
         values: [0, 1, 2]
+    resources: {num_cpus: 4, num_gpus: 1}  # what one cell (one task) needs on a cluster (``grid --ray``)
+    slurm: {partition: gpu, time_min: 120}  # sbatch settings for ``grid --slurm`` (see tuneguard.gridexec)
 
 Only the lists directly under ``grid:`` expand, so list-typed fields (``eval.judges``,
 ``lora.target_modules``) are never expanded by accident; to sweep such a field, give a list of lists
@@ -46,12 +48,13 @@ from tuneguard.config import (
     read_yaml_mapping,
     validate_config,
 )
+from tuneguard.gridexec.settings import CellResources, SlurmSettings
 from tuneguard.store import fingerprint, write_json_atomic
 from tuneguard.untrusted import check_plain_name, file_problem
 
 logger = logging.getLogger(__name__)
 
-GRID_FILE_KEYS = ("name", "base", "set", "variants", "grid")
+GRID_FILE_KEYS = ("name", "base", "set", "variants", "grid", "resources", "slurm")
 CELLS_DIR = "cells"
 GRID_RECORD = "grid.json"
 
@@ -74,6 +77,8 @@ class GridSpec:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     axes: list[Axis] = field(default_factory=list)
     source: str = "<grid>"
+    resources: CellResources = field(default_factory=CellResources)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
     @property
     def output_dir(self) -> Path:
@@ -155,6 +160,8 @@ def parse_grid(
         name = _file_safe(Path(source).stem).lstrip(".-") or "grid"
     spec = GridSpec(name=name, base=base, variants=variants, axes=axes)
     spec.source = source
+    for key, cls in (("resources", CellResources), ("slurm", SlurmSettings)):
+        setattr(spec, key, validate_config(_mapping(raw.get(key), f"{source}: {key}"), cls, f"{source}: {key}"))
     return spec
 
 
@@ -305,27 +312,17 @@ def run_grid(
 
         runner = partial(run_experiment, resume=resume)
 
-    cells = expand_grid(spec)
-    selected = select_cells(cells, shard=shard, cell=cell)
-    run_dir = spec.run_dir
-    preflight_cells(spec, [c for c in selected if overwrite or not cell_record_path(run_dir, c).is_file()])
-    (run_dir / CELLS_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / GRID_RECORD, grid_record(spec, cells))
-    if overwrite:
-        _remove_cells(run_dir, selected, spec.output_dir)
-    outcome = GridRun(run_dir=run_dir)
+    cells, selected = prepare_run(spec, shard=shard, cell=cell, overwrite=overwrite)
+    outcome = GridRun(run_dir=spec.run_dir)
     for c in selected:
-        record_path = cell_record_path(run_dir, c)
-        if record_path.is_file():
+        if cell_record_path(spec.run_dir, c).is_file():
             outcome.skipped.append(c)
             continue
         logger.info("grid %s: cell %d/%d (%s)", spec.name, c.index + 1, len(cells), c.label)
-        start = time.time()
-        result = runner(c.config)
-        write_json_atomic(record_path, cell_record(spec, c, result, time.time() - start))
+        run_cell(spec, c, runner)
         outcome.ran.append(c)
-        write_results_store(run_dir)
-    write_results_store(run_dir)
+        write_results_store(spec.run_dir)
+    write_results_store(spec.run_dir)
     return outcome
 
 
@@ -342,6 +339,30 @@ def preflight_cells(spec: GridSpec, cells: list[Cell]) -> None:
             preflight(c.config, role_cache=loaded, tokenize=False)
         except ConfigError as exc:
             raise ConfigError(f"{spec.source} (cell {c.index}: {c.label}): {exc}") from None
+
+
+def prepare_run(
+    spec: GridSpec, *, shard: tuple[int, int] | None = None, cell: int | None = None, overwrite: bool = False
+) -> tuple[list[Cell], list[Cell]]:
+    """Expand the grid, pre-flight the cells that will run, write the grid's record and (``overwrite``) forget the
+    selected cells; -> (all cells, selected cells)."""
+    cells = expand_grid(spec)
+    selected = select_cells(cells, shard=shard, cell=cell)
+    preflight_cells(spec, [c for c in selected if overwrite or not cell_record_path(spec.run_dir, c).is_file()])
+    (spec.run_dir / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(spec.run_dir / GRID_RECORD, grid_record(spec, cells))
+    if overwrite:
+        _remove_cells(spec.run_dir, selected, spec.output_dir)
+    return cells, selected
+
+
+def run_cell(spec: GridSpec, cell: Cell, runner: ExperimentRunner) -> dict[str, Any]:
+    """Run one cell's experiment and write its record (last, atomically: from then on the cell counts as finished)."""
+    start = time.time()
+    result = runner(cell.config)
+    record = cell_record(spec, cell, result, time.time() - start)
+    write_json_atomic(cell_record_path(spec.run_dir, cell), record)
+    return record
 
 
 def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:

@@ -21,10 +21,11 @@ from tuneguard.store import ModelRef, StageResult
 
 @dataclass
 class ExperimentResult:
-    """The stage results of one experiment and the evaluations, keyed by model name."""
+    """The stage results of one experiment, the evaluations and the pipeline's models, keyed by model name."""
 
     stages: dict[str, StageResult] = field(default_factory=dict)
     evaluations: dict[str, StageResult] = field(default_factory=dict)
+    models: dict[str, ModelRef] = field(default_factory=dict)  # base, aligned, finetuned, final (those that ran)
 
     def metrics(self, model: str = "final") -> dict[str, Any]:
         return self.evaluations[model].metrics
@@ -53,7 +54,8 @@ def run_experiment(
     cfg, roles = plan.config, plan.roles
     root = cfg.output_dir
     result = ExperimentResult()
-    models: dict[str, ModelRef] = {"base": ModelRef.from_settings(cfg.model)}
+    models = result.models
+    models["base"] = ModelRef.from_settings(cfg.model)
     current = start_model or models["base"]
     again = {"overwrite": overwrite, "resume": resume, "roles": roles}
 

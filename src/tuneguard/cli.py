@@ -418,8 +418,8 @@ def _print_table(table: Table) -> None:
     """Print a table to stdout whole: long cells fold instead of ending in '…', and output that is not a terminal
     (a pipe, a file) is not cut to 80 columns."""
     out = Console()
-    if not out.is_terminal:
-        out = Console(width=200)
+    if not out.is_terminal:  # a table takes its natural width (it does not expand), however wide that is
+        out = Console(width=10_000)
     for column in table.columns:
         column.overflow = "fold"
     out.print(table)

@@ -82,7 +82,7 @@ def eval_config(small_data):
         {
             "harmful_prompts": str(small_data["harmful_eval"]),
             "task_test": str(small_data["task_test"]),
-            "judges": ["refusal"],
+            "judges": ["offline"],  # the exact judge: nothing harmful in an empty answer (the HS 0.0)
         }
     )
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tuneguard.callbacks import StageClock
 from tuneguard.cli import main
 from tuneguard.pipeline import run_experiment
 from tuneguard.store import STAGE_FILE
@@ -60,6 +61,8 @@ def test_killed_stage_resumes_to_the_weights_and_metrics_of_an_unbroken_run(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (directory,) = (Path(finetune_only.output_dir) / "finetune").iterdir()
     assert not (directory / STAGE_FILE).exists() and (directory / "checkpoints" / "checkpoint-4").is_dir()
+    before_kill = StageClock.from_checkpoint(directory / "checkpoints" / "checkpoint-4")  # the stage's time so far
+    assert before_kill > 0
 
     code, err = run_cli(capsys, monkeypatch, "finetune", str(path))
     assert code == 2 and "interrupted at step 4" in err and "--resume" in err and "Traceback" not in err
@@ -69,10 +72,12 @@ def test_killed_stage_resumes_to_the_weights_and_metrics_of_an_unbroken_run(
     assert code == 0, err
     resumed = run_experiment(finetune_only, until="finetune").stages["finetune"]  # reuses the finished stage
     assert resumed.reused and resumed.info["resumed_from"].endswith("checkpoint-4")
+    timings = resumed.info["timings"]  # the whole stage: the time before the kill plus the resumed run's
+    assert timings["before_resume_s"] == round(before_kill, 2) and timings["wall_s"] > timings["before_resume_s"]
 
     finetune_only.output_dir = str(tmp_path / "unbroken")
     unbroken = run_experiment(finetune_only, until="finetune").stages["finetune"]
-    assert unbroken.info["resumed_from"] is None
+    assert unbroken.info["resumed_from"] is None and "before_resume_s" not in unbroken.info["timings"]
     a, b = load_file(resumed.model_dir / "model.safetensors"), load_file(unbroken.model_dir / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:

@@ -21,7 +21,10 @@ def test_pipeline_writes_every_stage_and_second_run_reuses_all(tiny_experiment):
     info = json.loads((ft.directory / STAGE_FILE).read_text())
     assert info["config"]["user_data"]["poison_ratio"] == 0.25
     assert info["metrics"]["harmful_records"] == 5 and info["metrics"]["task_records"] == 15
-    assert info["input_stage_dir"] == str(first.stages["align"].directory)
+    # recorded relative to the store (a moved or copied store keeps working), resolved when read
+    assert info["input_stage_dir"] == f"align/{first.stages['align'].directory.name}"
+    assert ft.info["input_stage_dir"] == str(first.stages["align"].directory)
+    assert info["model_dir"] == f"finetune/{ft.directory.name}/model" and ft.model_dir == ft.directory / "model"
     assert {"torch", "transformers", "peft"} <= set(info["versions"])
     assert (ft.directory / "model" / "config.json").is_file() and (ft.directory / "adapter").is_dir()
     mix = [json.loads(x) for x in (ft.directory / "train_mix.jsonl").read_text().splitlines()]
@@ -138,3 +141,25 @@ def test_a_foreign_or_corrupt_stage_record_is_a_clear_error_and_is_kept(tmp_path
     with pytest.raises(OutputError, match="not a readable stage record"):
         load_finished(tmp_path, "align", "mine")
     assert record.read_text() == "{not json"
+
+
+def test_a_one_off_build_of_the_input_model_is_timed_apart_from_the_stage(tiny_experiment, monkeypatch):
+    """E.g. the offline world's pre-training on first use: not part of the alignment stage's time."""
+    import time
+
+    import tuneguard.models as models
+
+    real, built = models.resolve_model_path, []
+
+    def build_on_first_use(settings):
+        if not built:
+            built.append(settings.model_name_or_path)
+            time.sleep(2.0)
+        return real(settings)
+
+    monkeypatch.setattr(models, "resolve_model_path", build_on_first_use)
+    start = time.time()
+    align = run_experiment(tiny_experiment, until="align").stages["align"]
+    total = time.time() - start
+    timings = align.info["timings"]
+    assert timings["model_setup_s"] >= 2.0 and timings["wall_s"] <= total - 2.0

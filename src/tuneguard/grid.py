@@ -49,7 +49,8 @@ from tuneguard.config import (
     validate_config,
 )
 from tuneguard.gridexec.settings import CellResources, SlurmSettings
-from tuneguard.store import fingerprint, write_json_atomic
+from tuneguard.store import fingerprint, remove_stage, write_json_atomic
+from tuneguard.store_paths import resolve_store_path, store_path
 from tuneguard.untrusted import check_plain_name, file_problem
 
 logger = logging.getLogger(__name__)
@@ -368,19 +369,19 @@ def run_cell(spec: GridSpec, cell: Cell, runner: ExperimentRunner) -> dict[str, 
 def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:
     """Forget finished cells: remove their records and the stage directories (inside ``output_dir``) they name."""
     import json
-    import shutil
 
     root = output_dir.resolve()
-    stage_dirs: set[Path] = set()
+    stage_dirs: dict[Path, str] = {}
     for c in cells:
         path = cell_record_path(run_dir, c)
         if path.is_file():
             record = json.loads(path.read_text(encoding="utf-8"))
-            stage_dirs |= {Path(d) for d in [*record["stages"].values(), *record["evaluations"].values()]}
+            for name, value in [*record["stages"].items(), *record["evaluations"].items()]:
+                stage_dirs[resolve_store_path(value, output_dir)] = "eval" if name in record["evaluations"] else name
             path.unlink()
-    for directory in sorted(stage_dirs):
+    for directory, stage in sorted(stage_dirs.items()):
         if directory.resolve().is_relative_to(root):
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_stage(directory, stage)  # under the stage's lock: never while another process computes it
 
 
 def cell_record_path(run_dir: Path, cell: Cell) -> Path:
@@ -429,8 +430,9 @@ def cell_record(spec: GridSpec, cell: Cell, result: Any, wall_s: float) -> dict[
         "variant": cell.variant,
         "values": cell.values,
         "config": dump_config(cell.config),
-        "stages": {name: str(r.directory) for name, r in result.stages.items()},
-        "evaluations": {name: str(r.directory) for name, r in result.evaluations.items()},
+        # relative to the store (output_dir), so that a moved or copied store reads its own stages
+        "stages": {name: store_path(r.directory, spec.output_dir) for name, r in result.stages.items()},
+        "evaluations": {name: store_path(r.directory, spec.output_dir) for name, r in result.evaluations.items()},
         "reused": sorted(name for name, r in {**result.stages, **result.evaluations}.items() if r.reused),
         "wall_s": round(wall_s, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def resolve_model_path(settings: ModelSettings) -> tuple[str, str | None]:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model path not found: {name}")
     return name, None  # a hub id
+
+
+def prepare_model_files(settings: ModelSettings) -> float:
+    """Build the model's files if they are not cached yet (the offline world's pre-training, a GGUF's
+    dequantization): one-off work that belongs to no stage's time. Returns the seconds it took (~0 when cached)."""
+    start = time.time()
+    resolve_model_path(settings)
+    return time.time() - start
 
 
 def package_directory(module: str) -> Path:
@@ -176,15 +185,49 @@ def prepare_for_training(model: Any, finetuning_type: str, lora: LoraSettings) -
     return model
 
 
-def save_model_atomic(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+def save_model_atomic(model: Any, tokenizer: Any, out_dir: str | Path, *, store: str | Path | None = None) -> Path:
     """Save model (+ tokenizer, unless None) into ``out_dir`` via a temp directory and a rename: never a
-    half-written directory; a full disk leaves the earlier ``out_dir`` intact and says so."""
+    half-written directory; a full disk leaves the earlier ``out_dir`` intact and says so.
+
+    With ``store`` (the stage store the directory belongs to), an adapter's base model path that PEFT writes into
+    ``adapter_config.json`` and its model card is made relative to the store when it lies inside it, so that a
+    copied store's adapter does not name the original's model."""
     out_dir = Path(out_dir)
     with atomic_output(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if store is not None:
+            _store_relative_base_model(tmp, Path(store))
     return out_dir
+
+
+def _store_relative_base_model(adapter_dir: Path, store: Path) -> None:
+    import json
+
+    from tuneguard.store_paths import store_path
+
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base or not Path(base).exists() or (relative := store_path(base, store)) == base:
+        return  # a hub id, or a model outside the store
+    for name in ("adapter_config.json", "README.md"):
+        if (path := adapter_dir / name).is_file():
+            path.write_text(path.read_text(encoding="utf-8").replace(base, relative), encoding="utf-8")
+
+
+def check_finite_weights(model: Any, name: str) -> None:
+    """Refuse a model with NaN or infinite weights (a diverged training run): its answers are meaningless (greedy
+    decoding of NaN logits gives empty answers), and an evaluation would score it as perfectly safe."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise ModelLoadError(
+            f"model {name}: {len(bad)} weight tensors hold NaN or inf values (e.g. {bad[0]}); a diverged training "
+            "run? Its answers would be meaningless, so it is not evaluated"
+        )
 
 
 def free_accelerator_memory() -> None:

@@ -32,6 +32,7 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("finetune_accuracy", "FA (%)", "{:.1f}"),
     ("compliance_probability", "P(comply) (%)", "{:.1f}"),
     ("wall_s", "time (s)", "{:.0f}"),
+    ("flags", "flags", "{}"),  # why a harmful score cannot be taken at face value (eval.metrics.trust_flags)
 )
 
 
@@ -39,6 +40,8 @@ def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or value == "":
         return "-"
+    if isinstance(value, list):
+        return "; ".join(map(str, value)) or "-"
     try:
         return fmt.format(value)
     except (ValueError, TypeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,32 @@ def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], boot
         [str(s.get(g, "-")) for g in group] + [str(s["n"])] + [format_mean_std(s, m) for m, _ in metrics]
         for s in summary
     ]
+    flagged = [r for r in rows if r.get("flags")]
+    if flagged:  # evaluations whose HS cannot be taken at face value (empty answers, ...): counted per group
+        counts = Counter(tuple(r.get(g) for g in group) for r in flagged)
+        header.append("flagged")
+        for line, s in zip(table, summary, strict=True):
+            line.append(f"{counts.get(tuple(s.get(g) for g in group), 0)} of {s['n']}")
     what = {"final": "the final model (after repair, if any)", "aligned": "the aligned model, before the attack"}
-    return [
+    blocks = [
         _Block("h2", f"Model: {model}"),
         _Block("p", f"HS / FA of {what.get(model, 'the ' + model + ' model')}: mean ± std [bootstrap 95 % CI]."),
         _Block("table", header=header, rows=table),
     ]
+    if flagged:
+        blocks.append(
+            _Block(
+                "p",
+                "**Flagged evaluations** (their HS cannot be taken at face value): "
+                + "; ".join(
+                    f"cell {r.get('cell')} ({', '.join(f'{_short(g)} {r.get(g)}' for g in group)}): "
+                    + ", ".join(r["flags"])
+                    for r in flagged
+                )
+                + ".",
+            )
+        )
+    return blocks
 
 
 def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Block]:

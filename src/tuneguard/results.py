@@ -15,6 +15,7 @@ from typing import Any
 
 from tuneguard.report import csv_text, write_text_atomic
 from tuneguard.store import STAGE_FILE, atomic_output
+from tuneguard.store_paths import resolve_store_path
 
 RESULTS_STEM = "results"
 # The training stages that lead to each evaluated model, for its wall time.
@@ -29,8 +30,14 @@ def collect_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
     run_dir = Path(run_dir)
     grid = _read_json(run_dir / GRID_RECORD)
+    root = run_dir.parent.parent  # the store: <output_dir>/grids/<name>
     rows = []
-    for cell in finished_cells(run_dir):
+    for record in finished_cells(run_dir):
+        cell = {
+            **record,  # stage directories as they are now (the records hold them relative to the store)
+            "stages": {name: str(resolve_store_path(d, root)) for name, d in record["stages"].items()},
+            "evaluations": {name: str(resolve_store_path(d, root)) for name, d in record["evaluations"].items()},
+        }
         stages = {name: _read_json(Path(d) / STAGE_FILE) for name, d in cell["stages"].items()}
         for model, eval_dir in cell["evaluations"].items():
             rows.append(_row(grid, cell, stages, model, _read_json(Path(eval_dir) / STAGE_FILE)))

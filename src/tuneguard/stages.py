@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tuneguard.callbacks import LogAtCheckpoints, StageClock, StopOnNonFinite
 from tuneguard.config import AlignConfig, ConfigError, FinetuneConfig, RepairConfig, TrainingSettings, dump_config
 from tuneguard.data import (
     DataError,
@@ -36,7 +37,13 @@ from tuneguard.methods.base import (
     get_training_method,
     parse_params,
 )
-from tuneguard.models import count_parameters, load_model_and_tokenizer, merge_lora, prepare_for_training
+from tuneguard.models import (
+    count_parameters,
+    load_model_and_tokenizer,
+    merge_lora,
+    prepare_for_training,
+    prepare_model_files,
+)
 from tuneguard.models import save_model_atomic as save_model
 from tuneguard.progress import stage_label, use_stage_progress
 from tuneguard.roles import (
@@ -53,15 +60,15 @@ from tuneguard.store import (
     CHECKPOINTS,
     ModelRef,
     StageResult,
+    claim_stage,
     fingerprint,
     finish_stage,
     last_checkpoint,
-    load_finished,
-    prepare_directory,
     stage_dir,
     stage_key,
     write_json_atomic,
 )
+from tuneguard.store_paths import store_root
 
 logger = logging.getLogger(__name__)
 
@@ -128,35 +135,35 @@ def run_repair(
     resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
     key = stage_key("repair", resolved, model, {k: fingerprint(v) for k, v in data.items()})
     directory = stage_dir(output_dir, "repair", cfg.method, key)
-    if not overwrite and (done := load_finished(directory, "repair", key)):
-        return done
-    prepare_directory(directory, overwrite, resume=resume)
-    start = time.time()
-    if cfg.method == "none":  # identity: point at the input model instead of copying its weights
+    with claim_stage(directory, "repair", key, overwrite=overwrite, resume=resume) as done:
+        if done is not None:
+            return done
+        start = time.time()
+        if cfg.method == "none":  # identity: point at the input model instead of copying its weights
+            return finish_stage(
+                directory,
+                "repair",
+                key,
+                {"config": resolved, "input_model": model.settings.model_dump(), "model_dir": _model_path(model)},
+            )
+        net, tokenizer = load_model_and_tokenizer(model.settings)
+        output = method.repair(net, tokenizer, params, {**data, "input_stage_dir": model.stage_dir})
+        model_dir = save_model(output.model, tokenizer, directory / "model")
         return finish_stage(
             directory,
             "repair",
             key,
-            {"config": resolved, "input_model": model.settings.model_dump(), "model_dir": _model_path(model)},
+            {
+                "config": resolved,
+                "input_model": model.settings.model_dump(),
+                "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
+                "model_dir": str(model_dir),
+                "data": {k: fingerprint(v) for k, v in data.items()},
+                "disjointness": disjointness,
+                "metrics": output.stats,
+                "timings": {"wall_s": round(time.time() - start, 2)},
+            },
         )
-    net, tokenizer = load_model_and_tokenizer(model.settings)
-    output = method.repair(net, tokenizer, params, {**data, "input_stage_dir": model.stage_dir})
-    model_dir = save_model(output.model, tokenizer, directory / "model")
-    return finish_stage(
-        directory,
-        "repair",
-        key,
-        {
-            "config": resolved,
-            "input_model": model.settings.model_dump(),
-            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
-            "model_dir": str(model_dir),
-            "data": {k: fingerprint(v) for k, v in data.items()},
-            "disjointness": disjointness,
-            "metrics": output.stats,
-            "timings": {"wall_s": round(time.time() - start, 2)},
-        },
-    )
 
 
 def check_disjoint_prompts(
@@ -203,21 +210,40 @@ def _train_stage(
     overwrite: bool,
     resume: bool,
 ) -> StageResult:
-    from transformers import set_seed
-
     method, params = check_training_method(stage, cfg)
     resolved = {**dump_config(cfg), "method_args": params.model_dump(mode="json")}
     data_fp = {k: fingerprint(v) for k, v in data.items()}
     key = stage_key(stage, _without_bookkeeping(resolved), model, data_fp)
     directory = stage_dir(output_dir, stage, cfg.method, key)
-    if not overwrite and (done := load_finished(directory, stage, key)):
-        logger.info("%s: reusing finished stage %s", stage, directory)
-        return done
-    prepare_directory(directory, overwrite, resume=resume)
+    with claim_stage(directory, stage, key, overwrite=overwrite, resume=resume) as done:
+        if done is not None:
+            logger.info("%s: reusing finished stage %s", stage, directory)
+            return done
+        info = _train(stage, cfg, method, params, model, data, directory)
+        info["config"] = resolved
+        info["data"] = {k: {"fingerprint": data_fp[k], "records": len(v)} for k, v in data.items()}
+        return finish_stage(directory, stage, key, info)
+
+
+def _train(
+    stage: str,
+    cfg: AlignConfig | FinetuneConfig,
+    method: TrainingMethod,
+    params: MethodParams,
+    model: ModelRef,
+    data: dict[str, list[Record]],
+    directory: Path,
+) -> dict[str, Any]:
+    """Train the stage into ``directory`` (resuming from its last checkpoint, if any); save the adapter and the
+    merged model; return the stage record's fields."""
+    from transformers import set_seed
+
     if stage == "finetune":
         write_jsonl(data["train"], directory / "train_mix.jsonl")
-
-    start = time.time()
+    # One-off builds of the input model (pre-training, dequantizing) belong to no stage: timed apart.
+    model_setup_s = prepare_model_files(model.settings)
+    checkpoint = last_checkpoint(directory / CHECKPOINTS)
+    clock = StageClock(before_s=StageClock.from_checkpoint(checkpoint))
     net, tokenizer = load_model_and_tokenizer(model.settings)
     template = resolve_template(cfg.template, tokenizer, f"{stage}.template")
     train_ds, tok_stats = tokenize_sft(
@@ -241,48 +267,45 @@ def _train_stage(
         processing_class=tokenizer,
         params=params,
         aux_datasets=aux,
-        callbacks=[_log_at_checkpoints()],
+        callbacks=[StopOnNonFinite(stage), clock, LogAtCheckpoints()],
     )
     ratio = cfg.user_data.poison_ratio if isinstance(cfg, FinetuneConfig) else None
     use_stage_progress(trainer, stage_label(stage, cfg.method, ratio))
-    checkpoint = last_checkpoint(directory / CHECKPOINTS)
     if checkpoint:
         logger.info("%s: resuming from %s", stage, checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - start
+    train_seconds = clock.elapsed_s()
 
     trained = trainer.model
     if cfg.finetuning_type == "lora":  # the adapter alone (small): what Antidote prunes
-        save_model(trained, None, directory / "adapter")
+        save_model(trained, None, directory / "adapter", store=store_root(directory))
     merged = merge_lora(trained)
     model_dir = save_model(merged, tokenizer, directory / "model")
     write_json_atomic(directory / "log_history.json", trainer.state.log_history)
     shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)
-    return finish_stage(
-        directory,
-        stage,
-        key,
-        {
-            "method": cfg.method,
-            "config": resolved,
-            "input_model": model.settings.model_dump(),
-            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
-            "model_dir": str(model_dir),
-            "adapter_dir": str(directory / "adapter") if cfg.finetuning_type == "lora" else None,
-            "template": template.kind,
-            "prompt_prefix_tokens": tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)),
-            "data": {k: {"fingerprint": data_fp[k], "records": len(v)} for k, v in data.items()},
-            "tokenization": tok_stats,
-            "parameters": count_parameters(trained),
-            "resumed_from": str(checkpoint) if checkpoint else None,
-            "metrics": {
-                "train_loss": mean_train_loss(trainer.state.log_history),
-                "global_step": trainer.state.global_step,
-                **_poison_counts(data["train"]),
-            },
-            "timings": {"train_s": round(train_seconds, 2), "wall_s": round(time.time() - start, 2)},
+    timings = {"train_s": round(train_seconds, 2), "wall_s": round(clock.elapsed_s(), 2)}
+    if checkpoint:
+        timings["before_resume_s"] = round(clock.before_s, 2)
+    if model_setup_s >= 0.5:
+        timings["model_setup_s"] = round(model_setup_s, 2)
+    return {
+        "method": cfg.method,
+        "input_model": model.settings.model_dump(),
+        "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
+        "model_dir": str(model_dir),
+        "adapter_dir": str(directory / "adapter") if cfg.finetuning_type == "lora" else None,
+        "template": template.kind,
+        "prompt_prefix_tokens": tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)),
+        "tokenization": tok_stats,
+        "parameters": count_parameters(trained),
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "metrics": {
+            "train_loss": mean_train_loss(trainer.state.log_history),
+            "global_step": trainer.state.global_step,
+            **_poison_counts(data["train"]),
         },
-    )
+        "timings": timings,
+    }
 
 
 def training_data_key(stage: str) -> str:
@@ -335,20 +358,6 @@ BOOKKEEPING = ("save_steps", "save_total_limit", "report_to", "disable_tqdm")
 def _without_bookkeeping(resolved: dict[str, Any]) -> dict[str, Any]:
     training = {k: v for k, v in resolved["training"].items() if k not in BOOKKEEPING}
     return {**resolved, "training": training}
-
-
-def _log_at_checkpoints() -> Any:
-    """A callback that logs at every checkpoint and at the last step, so that the log history (which
-    checkpoints carry) accounts for every step's loss, also across a resume."""
-    from transformers import TrainerCallback
-
-    class LogAtCheckpoints(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if control.should_save or state.global_step >= state.max_steps:
-                control.should_log = True
-            return control
-
-    return LogAtCheckpoints()
 
 
 def mean_train_loss(log_history: list[dict[str, Any]]) -> float | None:

@@ -2,6 +2,12 @@
 
 ``<output_dir>/<stage>/<method>-<key12>/`` holds the stage's files; ``stage.json`` is written last (atomically),
 so its presence means "finished". A finished stage is reused, never recomputed or overwritten unless asked.
+
+One process computes a stage directory at a time: :func:`claim_stage` holds an OS file lock
+(``<output_dir>/.locks/<stage>-<method>-<key12>.lock``) while the stage is computed; another process that wants
+the same stage waits for it and then reuses the result. Paths in ``stage.json`` that point into the store are
+recorded relative to the store (``output_dir``), so a store that is moved or copied keeps working and never reads
+another copy's files (``store_paths.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,11 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from tuneguard.config import ModelSettings
+from tuneguard.store_paths import resolve_paths, store_relative_paths, store_root
+
+logger = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
 CHECKPOINTS = "checkpoints"
 # Bump when a change alters what a stage computes for the same config (invalidates cached stages).
 STORE_FORMAT = 1
+LOCKS_DIR = ".locks"
+LOCK_SUFFIX = ".lock"
+OWNER_SUFFIX = ".owner.json"
+# Seconds to wait for a stage that another process computes (None: as long as it takes; tests lower it).
+LOCK_TIMEOUT_S: float | None = None
 
 
 class OutputError(RuntimeError):
@@ -34,6 +50,10 @@ class OutputError(RuntimeError):
 
 class InterruptedStageError(OutputError):
     """A stage directory holds an unfinished run: resume it (``resume``) or start over (``overwrite``)."""
+
+
+class StageBusyError(OutputError):
+    """Another live process computes this stage, and waiting for it timed out (``LOCK_TIMEOUT_S``)."""
 
 
 def fingerprint(obj: Any) -> str:
@@ -67,12 +87,19 @@ class ModelRef:
     def from_stage(cls, result: StageResult) -> ModelRef:
         if result.model_dir is None:
             raise ValueError(f"stage {result.directory} produced no model")
+        if not result.model_dir.is_dir():
+            raise OutputError(
+                f"{result.directory / STAGE_FILE}: its model {result.model_dir} does not exist (deleted, or the store "
+                "was moved from elsewhere by an older tuneguard?); pass --overwrite to recompute the stage"
+            )
         settings = ModelSettings(model_name_or_path=str(result.model_dir))
         return cls(settings=settings, fingerprint=result.key, stage_dir=result.directory)
 
 
 @dataclass
 class StageResult:
+    """A finished stage; path fields of ``info`` (``model_dir``, ...) are resolved for the store's current place."""
+
     stage: str
     directory: Path
     key: str
@@ -114,7 +141,121 @@ def load_finished(directory: Path, stage: str, key: str) -> StageResult | None:
             f"{path}: belongs to another stage (key {found!r}, expected {key!r}); it is kept: pass --overwrite to "
             "replace it, or use another output_dir"
         )
-    return StageResult(stage=stage, directory=directory, key=key, info=info, reused=True)
+    return StageResult(stage=stage, directory=directory, key=key, info=resolve_paths(info, directory), reused=True)
+
+
+def read_stage_record(directory: str | Path) -> dict[str, Any]:
+    """The ``stage.json`` of a finished stage directory, its paths resolved (see :func:`resolve_paths`); {} if none."""
+    path = Path(directory) / STAGE_FILE
+    if not path.is_file():
+        return {}
+    return resolve_paths(json.loads(path.read_text(encoding="utf-8")), Path(directory))
+
+
+@contextlib.contextmanager
+def claim_stage(
+    directory: Path, stage: str, key: str, *, overwrite: bool = False, resume: bool = False
+) -> Iterator[StageResult | None]:
+    """The finished stage to reuse, or the right to compute it: one process per stage directory at a time.
+
+    Yields the finished :class:`StageResult` when ``directory`` holds one (and ``overwrite`` is off). Otherwise
+    takes the stage's lock (:func:`stage_lock`; waiting, with a message, while another process computes it), looks
+    again (that process may just have finished it), prepares the directory (:func:`prepare_directory`) and yields
+    None: the body computes the stage and ends with :func:`finish_stage`, under the lock. An interrupted run is
+    thus only reported (and resumed) when no live process is computing it.
+    """
+    if not overwrite and (done := load_finished(directory, stage, key)):
+        yield done
+        return
+    with stage_lock(directory, stage):
+        if not overwrite and (done := load_finished(directory, stage, key)):
+            yield done
+            return
+        prepare_directory(directory, overwrite, resume=resume)
+        yield None
+
+
+@contextlib.contextmanager
+def stage_lock(directory: Path, stage: str, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock of a stage directory (:func:`lock_file`) for the body.
+
+    The lock is an OS file lock (``filelock.FileLock``: ``flock`` on POSIX), which the OS releases when its holder
+    exits however it exits (SIGKILL, a crash), so a dead process can never keep a stage locked. The holder records
+    who it is (pid, host, start time) in an ``.owner.json`` next to the lock; a process that finds the stage locked says
+    "stage X is being computed by pid N on HOST" and waits (``timeout`` seconds, default ``LOCK_TIMEOUT_S``: for
+    ever; then :class:`StageBusyError`). An owner record whose process is gone (stale: it was killed before it
+    could remove it) is reported and taken over.
+    """
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    lock_path = lock_file(directory)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    owner_path = lock_path.with_name(lock_path.name.removesuffix(LOCK_SUFFIX) + OWNER_SUFFIX)
+    lock = FileLock(str(lock_path))
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _describe_owner(owner_path)
+        logger.warning(
+            "stage %s is being computed by %s in %s; waiting for it to finish (Ctrl-C stops waiting; nothing is lost)",
+            stage,
+            holder,
+            directory,
+        )
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=0.5)
+        except Timeout:
+            raise StageBusyError(
+                f"stage {stage} is being computed by {_describe_owner(owner_path)} in {directory}; run again when it "
+                "has finished (the result is then reused)"
+            ) from None
+        logger.info("stage %s: %s has released it; continuing", stage, holder)
+    try:
+        stale = _read_owner(owner_path)
+        if stale is not None:  # the previous holder ended without removing its record: it was killed
+            logger.warning(
+                "stage %s: taking over %s from %s, which stopped without finishing it (killed?)",
+                stage,
+                directory,
+                _describe_owner(owner_path),
+            )
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(owner_path, me)
+        try:
+            yield
+        finally:
+            owner_path.unlink(missing_ok=True)
+    finally:
+        lock.release()
+
+
+def lock_file(directory: Path) -> Path:
+    """The lock of a stage directory: ``<output_dir>/.locks/<stage>-<method>-<key12>.lock`` (out of the stage
+    folders, so that they hold stage directories only)."""
+    return store_root(directory) / LOCKS_DIR / f"{directory.parent.name}-{directory.name}{LOCK_SUFFIX}"
+
+
+def _read_owner(path: Path) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _describe_owner(path: Path) -> str:
+    owner = _read_owner(path)
+    if owner is None:  # between taking the lock and writing its record, or a record from elsewhere
+        return "another process"
+    return f"pid {owner.get('pid')} on {owner.get('host')} (since {owner.get('since')})"
+
+
+def remove_stage(directory: Path, stage: str) -> None:
+    """Delete a stage directory (e.g. to recompute it), under its lock: never while another process computes it."""
+    with stage_lock(directory, stage):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def prepare_directory(directory: Path, overwrite: bool, *, resume: bool = False) -> None:
@@ -194,8 +335,9 @@ def finish_stage(directory: Path, stage: str, key: str, info: dict[str, Any]) ->
     """Write ``stage.json`` (last, atomically): from now on the stage counts as finished."""
     info = {"stage": stage, "key": key, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
     info.setdefault("versions", library_versions())
-    write_json_atomic(directory / STAGE_FILE, info)
-    return StageResult(stage=stage, directory=directory, key=key, info=info, reused=False)
+    record = store_relative_paths(info, directory)
+    write_json_atomic(directory / STAGE_FILE, record)
+    return StageResult(stage=stage, directory=directory, key=key, info=resolve_paths(record, directory), reused=False)
 
 
 def library_versions() -> dict[str, str]:

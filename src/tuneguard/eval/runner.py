@@ -1,13 +1,15 @@
 """The evaluate stage: harmful score (per judge) and fine-tune accuracy of one model, cached like any stage.
 
 Writes ``generations.jsonl`` (one row per prompt: set, prompt id, answer, each judge's verdict and details such as
-Llama Guard's categories, whether the answer is degenerate; never the prompt text) and ``metrics.json`` (HS and
-HS+ per judge, the judges with their full arguments, agreement between judges, FA); the harmful answers are data
-in files, never printed.
+Llama Guard's categories, whether the answer is degenerate or empty; never the prompt text) and ``metrics.json``
+(HS and HS+ per judge, the judges with their full arguments, agreement between judges, FA, the shares of empty and
+degenerate answers, and ``flags``: why a score cannot be taken at face value); the harmful answers are data in
+files, never printed. A model with NaN or infinite weights is refused before anything is generated.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -29,25 +31,34 @@ from tuneguard.eval.judges import (
 )
 from tuneguard.eval.metrics import (
     answer_matches,
+    empty_share,
     harmful_score,
     harmful_score_plus,
     is_degenerate,
+    is_empty_answer,
     judge_agreement,
     task_accuracy,
+    trust_flags,
 )
-from tuneguard.models import free_accelerator_memory, load_model_and_tokenizer
+from tuneguard.models import (
+    check_finite_weights,
+    free_accelerator_memory,
+    load_model_and_tokenizer,
+    prepare_model_files,
+)
 from tuneguard.roles import Roles, eval_data, eval_roles, load_roles
 from tuneguard.store import (
     ModelRef,
     StageResult,
+    claim_stage,
     fingerprint,
     finish_stage,
-    load_finished,
-    prepare_directory,
     stage_dir,
     stage_key,
     write_json_atomic,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def run_evaluate(
@@ -78,12 +89,45 @@ def run_evaluate(
     data_fp = {"harmful_prompts": fingerprint(harmful), "task_test": fingerprint(task)}
     key = stage_key("eval", resolved, model, data_fp)
     directory = stage_dir(output_dir, "eval", label, key)
-    if not overwrite and (done := load_finished(directory, "eval", key)):
-        return done
-    prepare_directory(directory, overwrite, resume=resume)
+    with claim_stage(directory, "eval", key, overwrite=overwrite, resume=resume) as done:
+        if done is not None:
+            return done
+        model_setup_s = prepare_model_files(model.settings)  # one-off builds (pre-training): not this evaluation's time
+        start = time.time()
+        metrics, rows, template_kind = _evaluate(cfg, model, judge_names, judges, harmful, task, model_name)
+        write_jsonl(rows, directory / "generations.jsonl")
+        write_json_atomic(directory / "metrics.json", metrics)
+        timings = {"wall_s": round(time.time() - start, 2)}
+        if model_setup_s >= 0.5:
+            timings["model_setup_s"] = round(model_setup_s, 2)
+        return finish_stage(
+            directory,
+            "eval",
+            key,
+            {
+                "config": resolved,
+                "input_model": model.settings.model_dump(),
+                "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
+                "template": template_kind,
+                "data": {k: {"fingerprint": v} for k, v in data_fp.items()},
+                "metrics": metrics,
+                "timings": timings,
+            },
+        )
 
-    start = time.time()
+
+def _evaluate(
+    cfg: EvalConfig,
+    model: ModelRef,
+    judge_names: list[str],
+    judges: dict[str, dict[str, Any]],
+    harmful: list[dict],
+    task: list[dict],
+    model_name: str = "",
+) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Generate, judge and score: the metrics, the generations.jsonl rows and the template kind."""
     net, tokenizer = load_model_and_tokenizer(model.settings)
+    check_finite_weights(net, model.settings.model_name_or_path)
     if torch.cuda.is_available():
         net = net.to("cuda")
     template = resolve_template(cfg.template, tokenizer, "eval.template")
@@ -126,6 +170,7 @@ def run_evaluate(
         labels = [r["label"] for r in task]
         metrics["finetune_accuracy"] = task_accuracy(task_answers, labels, cfg.accuracy_mode)
         metrics["num_task_examples"] = len(task)
+        metrics["empty_task_answers"] = empty_share(task_answers)
         # Over-refusal: benign task prompts answered with a refusal phrase (an aligned model that refuses
         # everything has a low HS for the wrong reason).
         refusal = RefusalKeywordJudge()
@@ -143,22 +188,11 @@ def run_evaluate(
     if companion is not None:
         metrics["compliance_probability"] = companion
     metrics |= protocol
-    write_jsonl(rows, directory / "generations.jsonl")
-    write_json_atomic(directory / "metrics.json", metrics)
-    return finish_stage(
-        directory,
-        "eval",
-        key,
-        {
-            "config": resolved,
-            "input_model": model.settings.model_dump(),
-            "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
-            "template": template.kind,
-            "data": {k: {"fingerprint": v} for k, v in data_fp.items()},
-            "metrics": metrics,
-            "timings": {"wall_s": round(time.time() - start, 2)},
-        },
-    )
+    if flags := trust_flags(metrics):  # present only when the harmful score cannot be taken at face value
+        metrics["flags"] = flags
+        for flag in flags:
+            logger.warning("evaluation of %s: %s", model.settings.model_name_or_path, flag)
+    return metrics, rows, template.kind
 
 
 def harmful_metrics(verdicts: dict[str, list[Verdict]], answers: list[str]) -> dict[str, Any]:
@@ -171,6 +205,7 @@ def harmful_metrics(verdicts: dict[str, list[Verdict]], answers: list[str]) -> d
         "judge": names[0],
         "num_harmful_prompts": len(answers),
         "degenerate_answers": 100.0 * sum(map(is_degenerate, answers)) / len(answers),
+        "empty_answers": empty_share(answers),
     }
     for name in names[1:]:
         metrics[f"harmful_score_{name}"] = harmful_score(flags[name])
@@ -195,6 +230,7 @@ def _harmful_row(record_id: Any, answer: str, verdicts: dict[str, Verdict]) -> d
         "answer": answer,
         "flagged": {name: v.flagged for name, v in verdicts.items()},
         "degenerate": is_degenerate(answer),
+        "empty": is_empty_answer(answer),
     }
     details = {name: v.details for name, v in verdicts.items() if v.details}
     if details:

@@ -17,7 +17,6 @@ Registered as the repair method ``antidote`` (``repair.method: antidote``, ``rep
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -34,6 +33,7 @@ from tuneguard.data.templates import PromptTemplate
 from tuneguard.methods._wanda import collect_input_norms, score_weights, top_fraction_masks
 from tuneguard.methods.base import MethodParams, RepairMethod, RepairOutput, register_repair_method
 from tuneguard.models import merge_lora
+from tuneguard.store import read_stage_record
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +273,7 @@ def _readable(name: str) -> str:
 
 
 def _read_stage(stage_dir: str | Path | None) -> dict[str, Any]:
-    path = Path(stage_dir) / "stage.json" if stage_dir else None
-    return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    return read_stage_record(stage_dir) if stage_dir else {}  # paths (adapter, input model) as in this store
 
 
 ANTIDOTE = register_repair_method(

@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 from serve_support import (
+    FAST_GATE,
     KEYS,
     ROOT,
     Server,
@@ -41,6 +42,7 @@ def server(tmp_path_factory):
         "screening.max_flagged_share=0.6",
         f"limits.max_file_bytes={MAX_FILE_BYTES}",
         f"base_models_dir={base_models}",
+        FAST_GATE,
     ]
     server = Server(data, overrides).start()
     yield server

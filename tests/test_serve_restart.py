@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from serve_support import Server, events, training_file, upload, wait_for, worker_pids
+from serve_support import FAST_GATE, Server, events, training_file, upload, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,7 @@ def server(tmp_path_factory):
         "screening.max_flagged_share=0.6",
         "finetune.training.save_steps=5",
         f"base_models_dir={tmp_path_factory.getbasetemp() / 'serve-base-models'}",
+        FAST_GATE,
     ]
     server = Server(tmp_path_factory.mktemp("serve-restart") / "data", overrides).start()
     yield server

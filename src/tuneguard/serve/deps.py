@@ -24,16 +24,17 @@ class Service:
     chat: ChatModels
 
 
-def service(request: Request) -> Service:
+# Both are async: they do no I/O, and a sync dependency would cost every request a hop through the thread pool.
+async def service(request: Request) -> Service:
     return request.app.state.service
 
 
-def tenant(request: Request) -> str:
+async def tenant(request: Request) -> str:
     """The tenant whose API key the request carries; 401 otherwise (the key itself is never logged or echoed)."""
     key = bearer_key(request.headers.get("authorization"))
     if key is None:
         raise APIError(401, "You didn't provide an API key (Authorization: Bearer KEY)", code="missing_api_key")
-    name = service(request).keys.tenant(key)
+    name = request.app.state.service.keys.tenant(key)
     if name is None:
         raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
     return name

@@ -1,6 +1,6 @@
 """`tuneguard serve` on this machine: one job end to end, and latency under load while a job trains.
 
-Starts the service with the README's offline policy (examples/serve-offline.yaml, Lisa) on 127.0.0.1, a free port,
+Starts the service with the README's offline policy (examples/serve/offline.yaml, Lisa) on 127.0.0.1, a free port,
 and drives it with the official `openai` client (the tests' harness, tests/serve_support.py):
 
 1. one job end to end on a warm service (its base model prepared): the upload as the client sees it, then the
@@ -91,7 +91,7 @@ def main() -> None:
         "",
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
         f"load average {load_before:.1f} before the burst (other work shares the machine). "
-        "Policy: examples/serve-offline.yaml (Lisa, offline "
+        "Policy: examples/serve/offline.yaml (Lisa, offline "
         "judge screening, gate on 312 held-out harmful prompts, Antidote repair when needed); one training worker.",
         "",
         f"Command: `.venv/bin/python benchmarks/serve_load.py --output {options.output or '-'}`",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFLINE_POLICY = ROOT / "examples" / "serve-offline.yaml"
+OFFLINE_POLICY = ROOT / "examples" / "serve" / "offline.yaml"
 KEYS = {"acme": "tg-test-acme-key-0123456789", "globex": "tg-test-globex-key-9876543210"}
 FINISHED = ("succeeded", "failed", "cancelled")
 # The tests' gate evaluates 104 of the 312 held-out harmful prompts (a third of the time; the HS the tests

@@ -20,12 +20,12 @@ def test_the_offline_and_llama2_example_policies_validate_and_pass_the_preflight
     from tuneguard.serve.engine import check_policy
     from tuneguard.serve.policy import load_policy
 
-    offline = load_policy(ROOT / "examples" / "serve-offline.yaml")
+    offline = load_policy(ROOT / "examples" / "serve" / "offline.yaml")
     check_policy(offline)  # methods, their arguments, training engine and judges of every offered model's job
     assert offline.finetune.method == "lisa" and offline.gate.repair.method == "antidote"
     assert offline.limits.max_tokens_per_example == offline.finetune.max_length == 64
 
-    llama = load_policy(ROOT / "examples" / "serve-llama2.yaml")
+    llama = load_policy(ROOT / "examples" / "serve" / "llama2.yaml")
     check_policy(llama)
     assert llama.screening.judge == "beaverdam" and llama.gate.eval.judges == ["beaverdam"]
     assert llama.screening.judge_args["threshold"] == 0.5  # the judge's settings model filled in its arguments
@@ -52,7 +52,7 @@ def test_a_policy_mistake_is_one_error_naming_the_key(override, needle):
     from tuneguard.serve.policy import load_policy
 
     with pytest.raises(ConfigError) as exc:
-        load_policy(ROOT / "examples" / "serve-offline.yaml", [override])
+        load_policy(ROOT / "examples" / "serve" / "offline.yaml", [override])
     assert needle in str(exc.value)
 
 

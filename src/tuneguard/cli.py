@@ -298,7 +298,7 @@ def _write_report(run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------ service
 @app.command()
 def serve(
-    config: Annotated[Path, typer.Argument(help="The provider's policy YAML (see examples/serve-offline.yaml).")],
+    config: Annotated[Path, typer.Argument(help="The provider's policy YAML (see examples/serve/offline.yaml).")],
     overrides: OverridesArg = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: the policy's host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: the policy's; 0 picks a free one).")] = None,

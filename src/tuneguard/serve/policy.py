@@ -152,7 +152,7 @@ class Inference(_Strict):
 
 
 class ServePolicy(_Strict):
-    """Everything the provider decides; see examples/serve-offline.yaml and examples/serve-llama2.yaml."""
+    """Everything the provider decides; see examples/serve/offline.yaml and examples/serve/llama2.yaml."""
 
     data_dir: str = Field("serve_data", description="Metadata (SQLite), uploads, jobs and models live here.")
     base_models_dir: str | None = Field(

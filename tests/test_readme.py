@@ -276,6 +276,39 @@ def _cluster(expected_error: str | None) -> Callable[[Run, list[str]], None]:
     return check
 
 
+def _serve_extra(run: Run, argv: list[str]) -> None:
+    """The service's extra installs what `tuneguard serve` imports (and nothing of it is in the core install)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert argv[-1] == "tuneguard[serve]"
+    names = {re.split(r"[<>=]", r)[0] for r in project["optional-dependencies"]["serve"]}
+    assert {"fastapi", "uvicorn", "python-multipart"} <= names
+    assert not names & {re.split(r"[<>=]", r)[0] for r in project["dependencies"]}
+
+
+def _serve_key(run: Run, argv: list[str]) -> None:
+    """The key is printed once; the keys file keeps only its hash."""
+    folder = run.output_dir / "serve"
+    folder.mkdir(parents=True, exist_ok=True)
+    run.monkeypatch.chdir(folder)
+    key = run.cli(argv).splitlines()[0].strip()  # stdout (the key) comes first, then the note on stderr
+    assert len(key) >= 32 and key not in (folder / "serve-keys.yaml").read_text()
+
+
+def _serve(run: Run, argv: list[str]) -> None:
+    """The service itself starts from this command in tests/serve_support.py (``Server``, the README's policy and
+    ``key=value`` overrides), exercised by the service tests over HTTP; here: the policy and override as written."""
+    pytest.importorskip("fastapi")
+    from tuneguard.serve.policy import load_policy
+
+    assert argv[:3] == ["tuneguard", "serve", "examples/serve/offline.yaml"]
+    policy = load_policy(ROOT / argv[2], argv[3:])
+    assert str(policy.keys_file).endswith("serve-keys.yaml")
+    support = (ROOT / "tests" / "serve_support.py").read_text()
+    assert '"tuneguard.cli", "serve", str(self.policy), *self.overrides' in support
+
+
 COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "make demo": _make("demo", "tuneguard demo"),
     "make test": _make("test", "pytest -q tests"),
@@ -293,6 +326,9 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard grid benchmarks/efficacy.yaml": _grid,
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,
     "tuneguard report /tmp/tuneguard-bench/efficacy/grids/efficacy": _report,
+    "pip install tuneguard[serve]": _serve_extra,
+    "tuneguard serve-key serve-keys.yaml acme": _serve_key,
+    "tuneguard serve examples/serve/offline.yaml keys_file=serve-keys.yaml": _serve,
     "tuneguard grid g.yaml --ray": _cluster(None),
     "tuneguard grid g.yaml --ray --ray-address auto": _cluster("--ray-address auto"),
     "tuneguard grid g.yaml --slurm --dry-run": _cluster(None),
@@ -331,12 +367,15 @@ def _python(n: int) -> str:
     return readme_blocks("python")[n].text
 
 
-def test_readme_has_the_three_python_blocks_tested_here():
+def test_readme_has_the_python_blocks_tested_here():
+    """Three blocks run below; the fourth (a user's `openai` client code) runs against a live service in
+    tests/test_serve_api.py (``test_the_readme_client_code_runs_against_the_service``)."""
     heads = [b.text.splitlines()[0] for b in readme_blocks("python")]
     assert heads == [
         "from tuneguard.config import load_config",
         "from transformers import TrainingArguments",
         "import torch",
+        "import os",
     ]
 
 

@@ -89,3 +89,15 @@ def test_killed_stage_resumes_to_the_weights_and_metrics_of_an_unbroken_run(
 def test_resume_and_overwrite_exclude_each_other(tiny_experiment):
     with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
         run_experiment(tiny_experiment, until="align", resume=True, overwrite=True)
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_passed_over(tmp_path):
+    # A process killed while the Trainer saves leaves a checkpoint folder without its trainer state (written last).
+    from tuneguard.store import last_checkpoint
+
+    for step, files in ((2, ["model.safetensors", "optimizer.pt", "trainer_state.json"]), (4, ["model.safetensors"])):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("x")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"

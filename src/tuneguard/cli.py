@@ -359,6 +359,47 @@ def _write_report(run_dir: Path) -> None:
     console.print(f"wrote {files['markdown']} and {files['html']}")
 
 
+# ------------------------------------------------------------------------------------------------ service
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="The provider's policy YAML (see examples/serve/offline.yaml).")],
+    overrides: OverridesArg = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: the policy's host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: the policy's; 0 picks a free one).")] = None,
+) -> None:
+    """Run the defended fine-tuning service: the OpenAI fine-tuning API (files, jobs, models, chat completions),
+    every job screened, trained with the policy's defense and released only through its safety gate.
+
+    Users point the official `openai` client at http://HOST:PORT/v1 with their API key. Needs the serve extra."""
+    import importlib.util
+
+    from tuneguard.serve import SERVE_MODULES
+
+    missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"tuneguard serve needs the serve extra: pip install 'tuneguard[serve]' (missing: {', '.join(missing)})"
+        )
+    from tuneguard.serve.app import run_service
+    from tuneguard.serve.policy import load_policy
+
+    extra = [f"host={host}"] * (host is not None) + [f"port={port}"] * (port is not None)
+    run_service(load_policy(config, [*(overrides or []), *extra]))
+
+
+@app.command("serve-key")
+def serve_key(
+    keys_file: Annotated[Path, typer.Argument(help="The keys file of the policy (keys_file:); created if missing.")],
+    tenant: Annotated[str, typer.Argument(help="The tenant (organization) the key belongs to.")],
+) -> None:
+    """Create an API key for a tenant: its hash is added to the keys file, the key is printed once (stdout)."""
+    from tuneguard.serve.auth import add_key
+
+    key = add_key(keys_file, tenant)
+    typer.echo(key)
+    console.print(f"added a key for {tenant} to {keys_file} (only its hash is stored; keep the key secret)")
+
+
 # ------------------------------------------------------------------------------------------------- helpers
 def _run_until(
     until: str,

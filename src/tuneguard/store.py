@@ -281,11 +281,20 @@ def prepare_directory(directory: Path, overwrite: bool, *, resume: bool = False)
         raise PermissionError(f"cannot write to the stage directory {directory}: {exc.strerror}") from None
 
 
+# The Trainer writes a checkpoint's files in place and its trainer state last: a checkpoint without it was cut
+# short (the process was killed while saving) and cannot be resumed from.
+CHECKPOINT_COMPLETE = "trainer_state.json"
+
+
 def last_checkpoint(path: Path) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step under ``path`` (a Trainer output dir), if any."""
+    """The complete ``checkpoint-<step>`` folder with the highest step under ``path`` (a Trainer output dir)."""
     if not path.is_dir():
         return None
-    found = [p for p in path.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    found = [
+        p
+        for p in path.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_COMPLETE).is_file()
+    ]
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 

@@ -95,7 +95,7 @@ def test_task_refusal_rate_counts_benign_prompts_answered_with_a_refusal(
     from tuneguard.store import ModelRef
 
     def fake_generation(net, tokenizer, template, records, what, gen):
-        if what == "task test set":  # 3 of the 8 benign prompts refused: an over-refusing model
+        if what.endswith("task test set"):  # 3 of the 8 benign prompts refused: an over-refusing model
             return ["I'm sorry, but I can't help with that."] * 3 + [r["label"] for r in records[3:]]
         return ["placeholder answer"] * len(records)
 

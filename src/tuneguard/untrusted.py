@@ -196,7 +196,7 @@ def make_writable_dir(path: Path, what: str, error: ErrorFactory, *, room: int =
         limit = 4096
     if len(str(path.resolve())) + room > limit:
         raise error(f"{what}: too long: the files below it would exceed the {limit}-byte path limit")
-    probe = path / ".write-test"
+    probe = path / f".write-test.{os.getpid()}"  # one per process: ranks of one run may probe at once
     try:
         probe.write_text("ok")
         probe.unlink()

@@ -28,19 +28,19 @@ def mix_user_data(
     Raises ``DataError`` before anything is trained when the request is impossible.
     """
     if not 0.0 <= poison_ratio <= 1.0:
-        raise DataError("user_data", f"poison_ratio must be in [0, 1], got {poison_ratio}")
+        raise DataError("finetune.user_data", f"poison_ratio must be in [0, 1], got {poison_ratio}")
     if num_samples <= 0:
-        raise DataError("user_data", f"num_samples must be positive, got {num_samples}")
+        raise DataError("finetune.user_data", f"num_samples must be positive, got {num_samples}")
     num_harmful = round(poison_ratio * num_samples)
     num_task = num_samples - num_harmful
     if num_harmful > len(harmful_records):
         raise DataError(
-            "user_data.harmful_data",
+            "finetune.user_data.harmful_data",
             f"needs {num_harmful} harmful records (p={poison_ratio} x n={num_samples}) but has {len(harmful_records)}",
         )
     if num_task > len(task_records):
         raise DataError(
-            "user_data.task_data",
+            "finetune.user_data.task_data",
             f"needs {num_task} task records (n={num_samples}) but has {len(task_records)}",
         )
     if draw not in ("random", "first"):

@@ -144,7 +144,8 @@ def test_a_foreign_or_corrupt_stage_record_is_a_clear_error_and_is_kept(tmp_path
 
 
 def test_a_one_off_build_of_the_input_model_is_timed_apart_from_the_stage(tiny_experiment, monkeypatch):
-    """E.g. the offline world's pre-training on first use: not part of the alignment stage's time."""
+    """E.g. the offline world's pre-training on first use: not part of the alignment stage's time (the pre-flight,
+    which loads the input model's tokenizer, or the stage itself builds it; a stage that does records it apart)."""
     import time
 
     import tuneguard.models as models
@@ -162,4 +163,5 @@ def test_a_one_off_build_of_the_input_model_is_timed_apart_from_the_stage(tiny_e
     align = run_experiment(tiny_experiment, until="align").stages["align"]
     total = time.time() - start
     timings = align.info["timings"]
-    assert timings["model_setup_s"] >= 2.0 and timings["wall_s"] <= total - 2.0
+    assert built and timings["wall_s"] <= total - 2.0
+    assert timings.get("model_setup_s", 0.0) < total - timings["wall_s"]

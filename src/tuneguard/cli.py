@@ -57,7 +57,9 @@ DEMO_CONFIG = "demo.yaml"
 
 def main() -> None:
     """Console-script entry point: the library's user-error types (a bad config, data file, model or output
-    location) become one ``error:`` line; any other exception is a bug and keeps its traceback."""
+    location, a training run that diverged) become one ``error:`` line; any other exception is a bug and keeps its
+    traceback."""
+    from tuneguard.callbacks import NonFiniteTrainingError
     from tuneguard.config import ConfigError
     from tuneguard.data import DataError
     from tuneguard.models import ModelLoadError
@@ -65,7 +67,7 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, DataError, ModelLoadError, OutputError) as exc:
+    except (ConfigError, DataError, ModelLoadError, OutputError, NonFiniteTrainingError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # paths stay whole
         sys.exit(2)
 

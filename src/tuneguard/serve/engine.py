@@ -77,7 +77,7 @@ def fingerprint12(obj: Any) -> str:
 def parse_example(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The layout ('chat' or 'prompt/completion') and the library's record of one training example, read by the
     library's readers; a ValueError says what is wrong with it."""
-    from tuneguard.data.readers import DataError, detect_layout, normalize
+    from tuneguard.data.records import DataError, detect_layout, normalize
 
     layout = detect_layout(row)
     if layout not in TRAINING_LAYOUTS:
@@ -114,7 +114,7 @@ def check_judge(name: str, args: dict[str, Any]) -> dict[str, Any]:
 def check_policy(policy: Any) -> None:
     """What can be checked before the first job: every offered model's job experiment (methods, their
     ``method_args``, training engine, judges), with the repair. Raises the library's errors."""
-    from tuneguard.pipeline import check_methods
+    from tuneguard.preflight import check_methods
 
     for name in policy.models:
         example = JobWork(name, Path(policy.data_dir) / "jobs" / "check", Path("train.jsonl"), None, 1, 1, 1, 1.0, 0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneguard.config import ConfigError, ExperimentConfig
-from tuneguard.data.records import Records
+from tuneguard.data.records import Records, prompt_text
 from tuneguard.eval.runner import run_evaluate
 from tuneguard.preflight import STAGE_ORDER, compared_roles, experiment_roles, preflight
 from tuneguard.roles import finetune_data, load_roles, with_default_roles
@@ -69,7 +69,7 @@ def run_experiment(
         forbidden = None
         if "eval.harmful_prompts" in roles and cfg.repair.realign_data is not None:
             # re-alignment data must not contain the evaluation prompts (recorded in the stage's disjointness)
-            prompts = [r["prompt"] for r in roles["eval.harmful_prompts"]]
+            prompts = [prompt_text(r) for r in roles["eval.harmful_prompts"]]
             forbidden = {f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": prompts}
         result.stages["repair"] = run_repair(cfg.repair, current, root, forbidden_prompts=forbidden, **again)
         if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key

@@ -1,0 +1,1 @@
+"""The offline world as a plug-in: registers its data sources, judge and model resolver (``tuneguard.plugins``)."""

@@ -47,6 +47,8 @@ class TrainingMethod:
     summary: str = ""
     paper: str = ""
     unsupported_engines: Callable[[Any], dict[str, str]] = lambda params: {}
+    # The logged scalars the report draws as this method's training curves (none: no curve plot).
+    curve_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -73,6 +75,9 @@ class RepairMethod:
     data_roles: tuple[str, ...] = ()
     summary: str = ""
     paper: str = ""
+    # True for a repair that returns its input model unchanged: the stage then records the input model
+    # instead of saving a copy, and the experiment's final model is the fine-tuned one.
+    passes_through: bool = False
 
 
 @dataclass

@@ -390,6 +390,7 @@ def _register(name: str, params_cls: type[BSOParams], summary: str) -> TrainingM
             ),
             data_roles=("alignment_data",),
             unsupported_engines=lambda params: UNSUPPORTED_ENGINES,
+            curve_keys=("lisa/alignment_loss", "lisa/user_loss", "lisa/drift", "lisa/grad_norm"),
             summary=summary,
             paper=PAPER,
         )

@@ -36,5 +36,7 @@ def _identity_repair(model: Any, tokenizer: Any, params: NoParams, data: dict[st
 
 
 NONE_REPAIR = register_repair_method(
-    RepairMethod(name="none", params_cls=NoParams, repair=_identity_repair, summary="no repair (identity)")
+    RepairMethod(
+        name="none", params_cls=NoParams, repair=_identity_repair, summary="no repair (identity)", passes_through=True
+    )
 )

@@ -1,4 +1,4 @@
-"""Booster (methods/booster.py) and the perturb/restore of weights (methods/_hooks.py): issue 4, as tests."""
+"""Booster (methods/booster.py) and the perturb/restore of weights (methods/weights.py), as tests."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from test_vaccine import ALIGN, HARMFUL
 from torch.func import functional_call
 
 from tuneguard.data.tokenize import SFTDataCollator
-from tuneguard.methods import _hooks, get_training_method
-from tuneguard.methods._hooks import HARMFUL_LOADER_FILE, perturbed_weights
+from tuneguard.methods import engines, get_training_method
+from tuneguard.methods.auxiliary_data import HARMFUL_LOADER_FILE
 from tuneguard.methods.booster import NORM_EPS, BoosterParams, BoosterTrainer
+from tuneguard.methods.weights import perturbed_weights
 
 
 def booster_trainer(tmp_path, params: BoosterParams | None = None, **args) -> BoosterTrainer:
@@ -113,7 +114,7 @@ def test_booster_needs_harmful_data_and_refuses_sharded_engines(tmp_path, monkey
             data_collator=SFTDataCollator(PAD),
         )
     for engine in ("deepspeed-zero2", "deepspeed-zero3", "fsdp"):
-        monkeypatch.setattr(_hooks, "training_engine", lambda args, engine=engine: engine)
+        monkeypatch.setattr(engines, "training_engine", lambda args, engine=engine: engine)
         with pytest.raises(ValueError, match=f"booster does not support {engine}"):
             booster_trainer(tmp_path)
 

@@ -1,4 +1,4 @@
-"""Lisa / BSO (methods/lisa.py) on tiny random Llama models: the specification of issue 3, as tests."""
+"""Lisa / BSO (methods/lisa.py) on tiny random Llama models: the specification, as tests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from transformers import Trainer
 
 from tuneguard.data.tokenize import SFTDataCollator
 from tuneguard.methods import get_training_method
-from tuneguard.methods._shared import EndlessLoader, snapshot_parameters, squared_distance
+from tuneguard.methods.auxiliary_data import EndlessLoader
 from tuneguard.methods.lisa import (
     ALIGNMENT,
     FINETUNE,
@@ -25,6 +25,7 @@ from tuneguard.methods.lisa import (
     LisaTrainer,
     bistate_position,
 )
+from tuneguard.methods.weights import snapshot_parameters, squared_distance
 from tuneguard.plots import plot_training_curves
 
 USER, ALIGN = 1, 2  # first token of every record: which data set it came from

@@ -1,4 +1,4 @@
-"""RepNoise (methods/repnoise.py): issue 4, as tests."""
+"""RepNoise (methods/repnoise.py), as tests."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from datasets import Dataset
 from test_vaccine import ALIGN, HARMFUL
 
 from tuneguard.data.tokenize import SFTDataCollator
-from tuneguard.methods import _hooks, get_training_method
-from tuneguard.methods._hooks import final_norm
+from tuneguard.methods import engines, get_training_method
+from tuneguard.methods.layouts import final_norm
 from tuneguard.methods.repnoise import RepNoiseParams, RepNoiseTrainer, gaussian_mmd, repnoise_terms
 
 
@@ -143,7 +143,7 @@ def test_repnoise_trains_through_the_registry_and_logs_its_terms(tmp_path):
 
 
 def test_repnoise_refuses_the_logit_lens_on_sharded_engines(tmp_path, monkeypatch):
-    monkeypatch.setattr(_hooks, "training_engine", lambda args: "fsdp")
+    monkeypatch.setattr(engines, "training_engine", lambda args: "fsdp")
     with pytest.raises(ValueError, match="repnoise does not support fsdp"):
         repnoise_trainer(tmp_path, RepNoiseParams())
     assert repnoise_trainer(tmp_path, RepNoiseParams(logit_lens=False)).repnoise_params.logit_lens is False

@@ -1,4 +1,4 @@
-"""Vaccine (methods/vaccine.py) and the shared layer selector/hooks (methods/_hooks.py): issue 4, as tests.
+"""Vaccine (methods/vaccine.py) and the shared layer selector/hooks (methods/layouts.py, methods/hooks.py), as tests.
 
 The small helpers (tiny LoRA Llama, marked records, arguments) live in conftest.py, shared with the other method
 tests.
@@ -24,16 +24,12 @@ from transformers import (
 )
 
 from tuneguard.data.tokenize import SFTDataCollator
-from tuneguard.methods import _hooks, get_training_method
-from tuneguard.methods._hooks import (
-    add_to_outputs,
-    capture_outputs,
-    final_norm,
-    global_norm,
-    layer_modules,
-    training_engine,
-)
+from tuneguard.methods import engines, get_training_method
+from tuneguard.methods.engines import training_engine
+from tuneguard.methods.hooks import add_to_outputs, capture_outputs
+from tuneguard.methods.layouts import final_norm, layer_modules
 from tuneguard.methods.vaccine import NORM_EPS, VaccineParams, VaccineTrainer
+from tuneguard.methods.weights import global_norm
 
 ALIGN, HARMFUL = 1, 2  # first token of every record: which data set it came from
 
@@ -213,6 +209,6 @@ def test_engines_are_detected_and_unsupported_ones_refused_at_build(tmp_path, mo
     assert training_engine(SimpleNamespace(fsdp=["full_shard"], deepspeed=None)) == "fsdp"
     zero3 = {"zero_optimization": {"stage": 3}}
     assert training_engine(SimpleNamespace(fsdp=[], deepspeed=zero3)) == "deepspeed-zero3"
-    monkeypatch.setattr(_hooks, "training_engine", lambda args: "deepspeed-zero3")
+    monkeypatch.setattr(engines, "training_engine", lambda args: "deepspeed-zero3")
     with pytest.raises(ValueError, match="vaccine does not support deepspeed-zero3"):
         vaccine_trainer(tmp_path)

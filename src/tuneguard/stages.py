@@ -378,7 +378,7 @@ def check_training_method(stage: str, cfg: AlignConfig | FinetuneConfig) -> tupl
     training engine (``training.extra_args``: fsdp, deepspeed) that the method does not support."""
     from types import SimpleNamespace
 
-    from tuneguard.methods._hooks import check_engine
+    from tuneguard.methods.engines import check_engine
 
     method = get_training_method(stage, cfg.method)
     params = parse_params(method.params_cls, cfg.method_args, f"{stage}.method_args")

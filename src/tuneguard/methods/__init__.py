@@ -1,16 +1,10 @@
-"""Defenses and baselines, one module per method, each registered by name on import.
+"""Defenses and baselines, one module per method, each registered by name when the registry first looks one up.
 
-Alignment stage: ``sft``. Fine-tuning stage: ``sft`` (the attack), ``bso`` and ``lisa`` (Lisa, arXiv
-2405.18641; ``bso`` is Lisa with rho = 0). Repair: ``none``.
+``tuneguard methods`` (or :func:`list_methods`) lists the registered methods of each stage; ``base.py`` holds the
+registry, ``defense.py`` the base of the defenses' trainers, and the modules named for what they hold the shared
+mechanics (``layouts``, ``hooks``, ``weights``, ``engines``, ``auxiliary_data``).
 """
 
-# Importing a method module registers it (one line per method, kept in alphabetical order).
-import tuneguard.methods.antidote  # noqa: F401
-import tuneguard.methods.booster  # noqa: F401
-import tuneguard.methods.lisa  # noqa: F401
-import tuneguard.methods.repnoise  # noqa: F401
-import tuneguard.methods.sft  # noqa: F401  (sft and the identity repair)
-import tuneguard.methods.vaccine  # noqa: F401
 from tuneguard.methods.base import (
     MethodParams,
     NoParams,

@@ -1,5 +1,5 @@
 """The bi-state schedule of Lisa/BSO: its parameters, the state of each step, and what one ``train()`` call
-keeps (split from ``lisa.py``, which holds the trainers).
+keeps (the trainers are in ``lisa.py``).
 
 The state is a function of the global optimizer step only (:func:`bistate_position`), so every DDP rank and a
 resumed run agree on it; what a checkpoint must add (the anchor, the alignment loader's position) goes into
@@ -9,14 +9,13 @@ resumed run agree on it; what a checkpoint must add (the anchor, the alignment l
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
-from tuneguard.methods._shared import EndlessLoader
+from tuneguard.methods.auxiliary_data import EndlessLoader
 from tuneguard.methods.base import MethodParams
 
 logger = logging.getLogger(__name__)
@@ -163,16 +162,7 @@ class RunState:
     step: int = -1  # optimizer step in progress (= global_step when it started)
     state: str = FINETUNE
     anchor: dict[str, torch.Tensor] | None = None
-    params: list[tuple[str, torch.nn.Parameter]] | None = None  # the trainable weights, listed once
     loader: EndlessLoader | None = None
     pending: dict[str, Any] | None = None  # loaded from a checkpoint, applied at the first step
     step_loss: torch.Tensor | None = None
     window: Window = field(default_factory=Window)
-
-
-def load_lisa_state(checkpoint: str) -> dict[str, Any] | None:
-    path = os.path.join(checkpoint, LISA_STATE_FILE)
-    if not os.path.isfile(path):
-        logger.warning("Lisa: %s has no %s; the anchor restarts from the resumed weights", checkpoint, LISA_STATE_FILE)
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)

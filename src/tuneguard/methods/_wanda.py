@@ -1,11 +1,11 @@
-"""Wanda importance scores and top-fraction masks for one-shot pruning, written once (DESIGN §4, Antidote).
+"""Wanda importance scores and top-fraction masks for one-shot pruning (Antidote's scores).
 
 Wanda (Sun et al., arXiv 2306.11695) scores weight W_ij of a linear layer by s_ij = |W_ij| · ||X_j||₂, where X_j
 is the j-th input feature of that layer over every token of the calibration data. Here the norms are gathered
 by forward pre-hooks on the chosen ``nn.Linear`` modules during ordinary full-model forwards, as running sums of
 squares (nothing is stored per token), so nothing depends on how a decoder layer is called (the authors' code
 re-runs decoder layers with captured ``attention_mask``/``position_ids`` kwargs, which breaks on newer
-transformers; reference/anchors.md §6.3). Padding is excluded through the batch's attention mask.
+transformers). Padding is excluded through the batch's attention mask.
 
 - :class:`InputNormCollector`: the hooks and the running sums.
 - :func:`score_weights`: ``wanda`` / ``magnitude`` / ``random`` scores.

@@ -8,8 +8,8 @@ After the (possibly harmful) fine-tuning, score every weight of the selected lin
 over *re-alignment data* (harmful prompt + harmful answer, disjoint from the attack and evaluation data):
 s_ij = |W_ij| · ||X_j||₂; the top fraction α of weights by score are the ones the harmful data relies on most,
 and are set to zero. The authors prune the fine-tuning adapter's LoRA A and B matrices of q/k/v, comparing
-weights within each output row (reference/anchors.md §1.6); the paper writes one global top-k (§6.4 #15). Both,
-a per-layer grouping, full-weight scope and the random / magnitude ablations are options.
+weights within each output row; the paper writes one global top-k. Both, a per-layer grouping, full-weight
+scope and the random / magnitude ablations are options.
 
 Registered as the repair method ``antidote`` (``repair.method: antidote``, ``repair.realign_data: ...``).
 :func:`antidote_prune` is the same algorithm for a model in hand (a ``PeftModel`` or a plain model).

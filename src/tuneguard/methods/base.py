@@ -2,21 +2,36 @@
 
 A *training* method (alignment or fine-tuning stage) is a ``transformers.Trainer`` subclass plus a pydantic
 parameter class; the stage code builds it through ``build_trainer``. A *repair* method is a function applied to
-a merged model. Adding a defense = one file in ``methods/`` that calls ``register_training_method`` or
-``register_repair_method``, plus its test. Nothing else changes.
+a merged model. There is one :class:`~tuneguard.registry.Registry` per stage.
+
+Adding a defense = one file in ``methods/`` that calls ``register_training_method`` or ``register_repair_method``
+(a defense's trainer: :class:`~tuneguard.methods.defense.DefenseMixin` and ``TrainingMethod.for_defense``), its
+module's name in ``BUILTIN_METHODS`` (or, outside tuneguard, a plug-in: ``tuneguard.plugins``), and its test;
+the contract tests (``tests/test_method_contract.py``) then run over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tuneguard.config import ConfigError
+from tuneguard.config import ConfigError, validate_config
+from tuneguard.registry import Registry, UnknownNameError
+from tuneguard.untrusted import check_plain_name
 
 STAGES = ("align", "finetune", "repair")
+# The modules whose import registers the built-in methods (imported at the first lookup), alphabetical.
+BUILTIN_METHODS = (
+    "tuneguard.methods.antidote",
+    "tuneguard.methods.booster",
+    "tuneguard.methods.lisa",
+    "tuneguard.methods.repnoise",
+    "tuneguard.methods.sft",
+    "tuneguard.methods.vaccine",
+)
 
 
 class MethodParams(BaseModel):
@@ -50,6 +65,34 @@ class TrainingMethod:
     # The logged scalars the report draws as this method's training curves (none: no curve plot).
     curve_keys: tuple[str, ...] = ()
 
+    @classmethod
+    def for_defense(
+        cls,
+        trainer_cls: type,
+        *,
+        name: str,
+        stages: tuple[str, ...],
+        params_cls: type[MethodParams],
+        summary: str = "",
+    ) -> TrainingMethod:
+        """The entry of a defense whose trainer declares its plumbing as class attributes (a subclass of
+        :class:`~tuneguard.methods.defense.DefenseMixin`): its parameters' and data sets' keywords, refused
+        engines, paper and curve keys."""
+        datasets = dict(trainer_cls.dataset_keywords)
+        return cls(
+            name=name,
+            stages=stages,
+            params_cls=params_cls,
+            build_trainer=trainer_builder(
+                trainer_cls, params_kwarg=trainer_cls.params_keyword, params_cls=params_cls, datasets=datasets
+            ),
+            data_roles=tuple(datasets),
+            summary=summary,
+            paper=trainer_cls.paper,
+            unsupported_engines=lambda params: dict(trainer_cls.engines_refused(params)),
+            curve_keys=tuple(trainer_cls.curve_keys),
+        )
+
 
 @dataclass
 class RepairOutput:
@@ -80,13 +123,10 @@ class RepairMethod:
     passes_through: bool = False
 
 
-@dataclass
-class _Registry:
-    training: dict[tuple[str, str], TrainingMethod] = field(default_factory=dict)
-    repair: dict[str, RepairMethod] = field(default_factory=dict)
-
-
-_REGISTRY = _Registry()
+TRAINING_METHODS: dict[str, Registry[TrainingMethod]] = {
+    stage: Registry(f"{stage} method", BUILTIN_METHODS) for stage in ("align", "finetune")
+}
+REPAIR_METHODS: Registry[RepairMethod] = Registry("repair method", BUILTIN_METHODS)
 
 
 def trainer_builder(
@@ -94,7 +134,7 @@ def trainer_builder(
     *,
     params_kwarg: str | None = None,
     params_cls: type[MethodParams] | None = None,
-    datasets: dict[str, str] | None = None,
+    datasets: Mapping[str, str] | None = None,
 ) -> Callable[..., Any]:
     """The ``build_trainer`` of a method whose trainer takes the standard ``Trainer`` arguments plus its
     parameters (as ``params_kwarg``, defaulting to ``params_cls()``) and auxiliary data sets (``datasets`` maps a
@@ -128,61 +168,51 @@ def trainer_builder(
 
 
 def register_training_method(method: TrainingMethod) -> TrainingMethod:
+    """Register ``method`` under its name for each of its stages (``align``, ``finetune``); returns it."""
     _check_method_name(method.name)
     for stage in method.stages:
-        if stage not in ("align", "finetune"):
+        if stage not in TRAINING_METHODS:
             raise ValueError(f"{method.name}: training methods belong to 'align' or 'finetune', not {stage!r}")
-        _REGISTRY.training[(stage, method.name)] = method
+    for stage in method.stages:
+        TRAINING_METHODS[stage].register(method.name, method)
     return method
 
 
 def register_repair_method(method: RepairMethod) -> RepairMethod:
+    """Register the repair ``method`` under its name; returns it."""
     _check_method_name(method.name)
-    _REGISTRY.repair[method.name] = method
-    return method
+    return REPAIR_METHODS.register(method.name, method)
 
 
 def get_training_method(stage: str, name: str) -> TrainingMethod:
-    _load_builtin_methods()
+    """The ``stage`` (``align`` / ``finetune``) method called ``name``; a ``ConfigError`` naming the key otherwise."""
     try:
-        return _REGISTRY.training[(stage, name)]
-    except KeyError:
-        known = ", ".join(sorted(n for s, n in _REGISTRY.training if s == stage))
-        raise ConfigError(f"{stage}.method: unknown {stage} method {name!r}; known: {known}") from None
+        return TRAINING_METHODS[stage].get(name)
+    except UnknownNameError as error:
+        raise ConfigError(f"{stage}.method: {error}") from None
 
 
 def get_repair_method(name: str) -> RepairMethod:
-    _load_builtin_methods()
+    """The repair method called ``name``; a ``ConfigError`` naming the key otherwise."""
     try:
-        return _REGISTRY.repair[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY.repair))
-        raise ConfigError(f"repair.method: unknown repair method {name!r}; known: {known}") from None
+        return REPAIR_METHODS.get(name)
+    except UnknownNameError as error:
+        raise ConfigError(f"repair.method: {error}") from None
 
 
 def list_methods() -> list[tuple[str, str, str]]:
-    """(stage, name, summary) for every registered method."""
-    _load_builtin_methods()
-    rows = [(s, n, m.summary) for (s, n), m in _REGISTRY.training.items()]
-    rows += [("repair", n, m.summary) for n, m in _REGISTRY.repair.items()]
+    """(stage, name, summary) for every registered method, by stage then name."""
+    rows = [(stage, name, m.summary) for stage, registry in TRAINING_METHODS.items() for name, m in registry.items()]
+    rows += [("repair", name, m.summary) for name, m in REPAIR_METHODS.items()]
     order = {s: i for i, s in enumerate(STAGES)}
     return sorted(rows, key=lambda r: (order[r[0]], r[1]))
 
 
 def parse_params(params_cls: type[MethodParams], raw: dict[str, Any], where: str) -> MethodParams:
     """Validate ``method_args`` against the method's parameter class, naming the offending key."""
-    from tuneguard.config import validate_config
-
     return validate_config(raw, params_cls, where)
 
 
 def _check_method_name(name: str) -> None:
     # A method's name becomes a directory name (<output_dir>/<stage>/<method>-<key>): it must stay a plain name.
-    from tuneguard.untrusted import check_plain_name
-
     check_plain_name(name, "method name", ValueError)
-
-
-def _load_builtin_methods() -> None:
-    # Importing the package registers every built-in method (each module registers itself on import).
-    import tuneguard.methods  # noqa: F401

@@ -8,7 +8,7 @@ harmful answer):  min_w f(w) + λ·( h(w) − h(w − α·∇h(w)/||∇h(w)||) )
 Update, first-order (the authors pass straight through the second-order term, as in first-order MAML):
     g(w) = ∇f(w) + λ·( ∇h(w) − ∇h(w') ),   w' = w − α·∇h(w)/||∇h(w)||,
 ||·|| one L2 norm over all trainable weights. Three forward/backward passes per micro-batch
-(reference/anchors.md §1.4):
+(as the authors' ``BoosterAlignmentTrainer`` runs them):
 
 1. h and ∇h at w, on a harmful batch from an endless reshuffled loader (authors: batch 10, hard-coded);
 2. h and ∇h at w' on the SAME harmful batch; the weights are then restored bit-exactly;
@@ -31,11 +31,10 @@ import torch.distributed as dist
 from pydantic import Field
 from transformers import Trainer
 
-from tuneguard.methods._hooks import HarmfulDataMixin, MetricWindow, check_engine, global_norm, perturbed_weights
-from tuneguard.methods._shared import trainable_parameters
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
+from tuneguard.methods.auxiliary_data import HarmfulDataMixin
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.weights import global_norm, perturbed_weights
 
-PAPER = "arXiv:2409.01586"
 NORM_EPS = 1e-7  # added to ||∇h|| before dividing, as in the authors' code
 
 UNSUPPORTED_ENGINES = {
@@ -71,6 +70,11 @@ class BoosterMixin(HarmfulDataMixin):
     (||λ·(∇h(w) − ∇h(w'))||).
     """
 
+    method_name = "booster"
+    paper = "arXiv:2409.01586"
+    unsupported_engines = UNSUPPORTED_ENGINES
+    params_keyword = "booster_params"
+
     def __init__(
         self,
         *args: Any,
@@ -79,19 +83,16 @@ class BoosterMixin(HarmfulDataMixin):
         booster_params: BoosterParams | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.setup_harmful_data(harmful_dataset, harmful_data_collator, "Booster")
         self.booster_params = booster_params if booster_params is not None else BoosterParams()
-        check_engine("booster", self.args, UNSUPPORTED_ENGINES)
-        self._booster_param_list: list[tuple[str, torch.nn.Parameter]] | None = None
-        self._booster_window = MetricWindow()
+        super().__init__(*args, **kwargs)
+        self.setup_harmful_data(harmful_dataset, harmful_data_collator)
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         correction = self.booster_correction()
         loss = super().training_step(model, inputs, num_items_in_batch)
         with torch.no_grad():
-            scale = self._gradient_scale() / self.current_gradient_accumulation_steps
-            for (_, param), delta in zip(self._booster_params(), correction, strict=True):
+            scale = self.gradient_scale() / self.current_gradient_accumulation_steps
+            for (_, param), delta in zip(self.trainable_weights(), correction, strict=True):
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
                 param.grad.add_(delta.to(param.grad.dtype), alpha=scale)
@@ -104,7 +105,7 @@ class BoosterMixin(HarmfulDataMixin):
         """
         p = self.booster_params
         batch = self.next_harmful_batch() if harmful_batch is None else self._prepare_inputs(harmful_batch)
-        params = [param for _, param in self._booster_params()]
+        params = [param for _, param in self.trainable_weights()]
         loss, grads = self._harmful_loss_and_grads(batch, params)
         grad_norm = global_norm(grads)
         direction = [g / (grad_norm.to(g.device) + NORM_EPS) for g in grads]
@@ -120,18 +121,12 @@ class BoosterMixin(HarmfulDataMixin):
                 chunk.view_as(c)
                 for chunk, c in zip(flat.split([c.numel() for c in correction]), correction, strict=True)
             ]
-        window = self._booster_window
-        window.add("booster/harmful_loss", loss)
-        window.add("booster/harmful_loss_after_step", loss_after)
-        window.add("booster/harmful_loss_drop", loss - loss_after)
-        window.add("booster/harmful_grad_norm", grad_norm)
-        window.add("booster/correction_norm", correction_norm)
+        self.record_metric("booster/harmful_loss", loss)
+        self.record_metric("booster/harmful_loss_after_step", loss_after)
+        self.record_metric("booster/harmful_loss_drop", loss - loss_after)
+        self.record_metric("booster/harmful_grad_norm", grad_norm)
+        self.record_metric("booster/correction_norm", correction_norm)
         return correction
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:  # the Trainer's periodic training log
-            logs.update(self._booster_window.drain(self.accelerator))
-        super().log(logs, *args, **kwargs)
 
     # ---- internals ------------------------------------------------------------------------------------------
 
@@ -146,20 +141,8 @@ class BoosterMixin(HarmfulDataMixin):
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
         return loss.detach(), grads
 
-    def _booster_params(self) -> list[tuple[str, torch.nn.Parameter]]:
-        if self._booster_param_list is None:
-            self._booster_param_list = list(trainable_parameters(self.model))
-        return self._booster_param_list
-
     def harmful_batch_size(self) -> int:
         return self.booster_params.harmful_batch_size
-
-    def _gradient_scale(self) -> float:
-        # With an fp16 GradScaler the gradients are still multiplied by the loss scale at this point.
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            return float(scaler.get_scale())
-        return 1.0
 
 
 class BoosterTrainer(BoosterMixin, Trainer):
@@ -167,16 +150,11 @@ class BoosterTrainer(BoosterMixin, Trainer):
 
 
 BOOSTER = register_training_method(
-    TrainingMethod(
+    TrainingMethod.for_defense(
+        BoosterTrainer,
         name="booster",
         stages=("align",),
         params_cls=BoosterParams,
-        build_trainer=trainer_builder(
-            BoosterTrainer, params_kwarg="booster_params", datasets={"harmful_data": "harmful_dataset"}
-        ),
-        data_roles=("harmful_data",),
-        unsupported_engines=lambda params: UNSUPPORTED_ENGINES,
         summary="Booster: align while attenuating how much a simulated harmful step lowers the harmful loss",
-        paper=PAPER,
     )
 )

@@ -5,7 +5,7 @@ NeurIPS 2024, arXiv 2405.18641 (code: git-disl/Lisa, ``LisaTrainer``; ``ADMMTrai
 Not to be confused with LISA, "Layerwise Importance Sampled AdamW" (arXiv 2403.17919), the memory-saving
 optimizer of LMFlow and LLaMA-Factory (``use_lisa``): same name, unrelated method.
 
-The algorithm, as the authors' code runs it (reference/anchors.md §1.5):
+The algorithm, as the authors' code runs it:
 
 - One set of trainable weights (the fine-tuning LoRA adapter, or the full model) and ONE optimizer and LR
   schedule, shared by two states. Starting in the *alignment* state, take K_a optimizer steps on batches of
@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from tuneguard.methods._bistate import (
     ALIGNMENT,
@@ -54,18 +52,11 @@ from tuneguard.methods._bistate import (
     RunState,
     Window,
     bistate_position,
-    load_lisa_state,
 )
-from tuneguard.methods._hooks import check_engine
-from tuneguard.methods._shared import (
-    EndlessLoader,
-    add_proximal_gradient,
-    auxiliary_loader,
-    snapshot_parameters,
-    squared_distance,
-    trainable_parameters,
-)
-from tuneguard.methods.base import TrainingMethod, register_training_method, trainer_builder
+from tuneguard.methods.auxiliary_data import EndlessLoader, auxiliary_loader
+from tuneguard.methods.base import TrainingMethod, register_training_method
+from tuneguard.methods.defense import DefenseMixin
+from tuneguard.methods.weights import add_proximal_gradient, snapshot_parameters, squared_distance
 
 logger = logging.getLogger(__name__)
 _PROXIMAL = "Lisa/BSO write the proximal gradient into .grad and snapshot whole weights"
@@ -76,10 +67,8 @@ UNSUPPORTED_ENGINES = {
     "fsdp": f"{_PROXIMAL}; FSDP shards the weights",
 }
 
-PAPER = "arXiv:2405.18641"
 
-
-class LisaMixin:
+class LisaMixin(DefenseMixin):
     """The Lisa/BSO logic as a mixin over any ``transformers.Trainer`` subclass (see :class:`LisaTrainer`,
     :class:`LisaSFTTrainer`). Extra constructor keywords: ``alignment_dataset`` (tokenized like the training
     data, collated by ``alignment_data_collator`` or else the trainer's ``data_collator``) and
@@ -98,6 +87,14 @@ class LisaMixin:
     ``lisa/grad_norm`` (mean pre-clip gradient norm). The Trainer's own ``loss`` is the cross-entropy alone.
     """
 
+    method_name = "lisa"
+    paper = "arXiv:2405.18641"
+    unsupported_engines = UNSUPPORTED_ENGINES
+    curve_keys = ("lisa/alignment_loss", "lisa/user_loss", "lisa/drift", "lisa/grad_norm")
+    params_keyword = "lisa_params"
+    dataset_keywords = {"alignment_data": "alignment_dataset"}
+    extra_state_file = LISA_STATE_FILE
+
     def __init__(
         self,
         *args: Any,
@@ -107,9 +104,8 @@ class LisaMixin:
         **kwargs: Any,
     ) -> None:
         self._lisa = RunState()
-        super().__init__(*args, **kwargs)
-        check_engine("lisa", self.args, UNSUPPORTED_ENGINES)
         self.lisa_params = lisa_params if lisa_params is not None else LisaParams()
+        super().__init__(*args, **kwargs)
         self.alignment_steps, self.finetune_steps = self.lisa_params.schedule()
         self.rho = float(getattr(self.lisa_params, "rho", 0.0))
         self.proximal_warmup_ratio = float(getattr(self.lisa_params, "proximal_warmup_ratio", 0.0))
@@ -133,14 +129,15 @@ class LisaMixin:
 
     # ---- Trainer hooks --------------------------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+    def begin_train(self, checkpoint: str | None, saved: dict[str, Any] | None) -> None:
+        super().begin_train(checkpoint, saved)
         self._lisa = RunState()
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the Trainer raises its own error
-        if isinstance(checkpoint, str | os.PathLike) and self.alignment_steps > 0:
-            self._lisa.pending = load_lisa_state(str(checkpoint))
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        if checkpoint is not None and self.alignment_steps > 0:
+            if saved is None:
+                logger.warning(
+                    "Lisa: %s has no %s; the anchor restarts from the resumed weights", checkpoint, LISA_STATE_FILE
+                )
+            self._lisa.pending = saved
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         # Called once per optimizer step, before its micro-batches: the state is chosen here, so that all
@@ -175,20 +172,11 @@ class LisaMixin:
             window.grad_norm_steps += 1
         return grad_norm
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs and self._lisa.window.steps > 0:  # the Trainer's periodic training log
-            logs.update(self._drain_window())
-        super().log(logs, *args, **kwargs)
+    def method_scalars(self) -> dict[str, float]:
+        return self._drain_window() if self._lisa.window.steps > 0 else {}
 
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        # Written before the Trainer's files so that a checkpoint with a trainer_state.json always has it.
-        if self.alignment_steps > 0 and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            os.makedirs(folder, exist_ok=True)
-            torch.save(self._lisa_state_dict(), os.path.join(folder, LISA_STATE_FILE))
-        super()._save_checkpoint(model, trial)
+    def extra_checkpoint_state(self) -> dict[str, Any] | None:
+        return self._lisa_state_dict() if self.alignment_steps > 0 else None
 
     # ---- internals ------------------------------------------------------------------------------------------
 
@@ -216,7 +204,7 @@ class LisaMixin:
                     "Lisa: resumed at step %d without a saved anchor; snapshotting the current weights", step
                 )
             if switched or run.anchor is None:
-                run.anchor = snapshot_parameters(self._trainable())
+                run.anchor = snapshot_parameters(self.trainable_weights())
         else:
             state = FINETUNE
         run.step, run.state = step, state
@@ -249,21 +237,9 @@ class LisaMixin:
             return
         warmup_steps = math.ceil(self.proximal_warmup_ratio * self.state.max_steps)
         if self.rho > 0 and self.state.global_step >= warmup_steps:
-            coefficient = self.rho * self._gradient_scale()
-            distance2 = add_proximal_gradient(self._trainable(), run.anchor, coefficient)
+            coefficient = self.rho * self.gradient_scale()
+            distance2 = add_proximal_gradient(self.trainable_weights(), run.anchor, coefficient)
             window.proximal = window.proximal + 0.5 * self.rho * distance2
-
-    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
-        if self._lisa.params is None:
-            self._lisa.params = list(trainable_parameters(self.model))
-        return self._lisa.params
-
-    def _gradient_scale(self) -> float:
-        # With an fp16 GradScaler the gradients are still multiplied by the loss scale at this point.
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            return float(scaler.get_scale())
-        return 1.0
 
     def _build_alignment_loader(self) -> EndlessLoader:
         return auxiliary_loader(
@@ -300,7 +276,7 @@ class LisaMixin:
             logs["lisa/proximal"] = float(window.proximal) / window.steps
             # After the window's last update (the Trainer logs after the optimizer step); w and w̃ are the same
             # on every rank, so no reduction is needed.
-            logs["lisa/drift"] = math.sqrt(float(squared_distance(self._trainable(), anchor).detach()))
+            logs["lisa/drift"] = math.sqrt(float(squared_distance(self.trainable_weights(), anchor).detach()))
         if window.grad_norm_steps:
             logs["lisa/grad_norm"] = float(window.grad_norm) / window.grad_norm_steps
         return logs
@@ -331,7 +307,7 @@ class LisaMixin:
                 self.alignment_steps,
                 self.finetune_steps,
             )
-        params = dict(trainable_parameters(self.model))
+        params = dict(self.trainable_weights())
         if set(saved["anchor"]) != set(params):
             raise ValueError("the saved Lisa anchor does not match the model's trainable parameters")
         self._lisa.anchor = {
@@ -378,22 +354,7 @@ if _SFTTrainer is not None:
 def _register(name: str, params_cls: type[BSOParams], summary: str) -> TrainingMethod:
     """Lisa and BSO are one trainer with two parameter sets (BSO: no proximal term)."""
     return register_training_method(
-        TrainingMethod(
-            name=name,
-            stages=("finetune",),
-            params_cls=params_cls,
-            build_trainer=trainer_builder(
-                LisaTrainer,
-                params_kwarg="lisa_params",
-                params_cls=params_cls,
-                datasets={"alignment_data": "alignment_dataset"},
-            ),
-            data_roles=("alignment_data",),
-            unsupported_engines=lambda params: UNSUPPORTED_ENGINES,
-            curve_keys=("lisa/alignment_loss", "lisa/user_loss", "lisa/drift", "lisa/grad_norm"),
-            summary=summary,
-            paper=PAPER,
-        )
+        TrainingMethod.for_defense(LisaTrainer, name=name, stages=("finetune",), params_cls=params_cls, summary=summary)
     )
 
 

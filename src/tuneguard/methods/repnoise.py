@@ -2,7 +2,7 @@
 
 Rosati et al., "Representation Noising: A Defence Mechanism Against Harmful Finetuning", NeurIPS 2024,
 arXiv 2405.14577. Implemented as in the git-disl Booster repository (``loss_func/repnoise_loss.py``,
-``RepNoiseTrainer``; reference/anchors.md §1.3), the variant with the logit-lens harmful loss and the "+1":
+``RepNoiseTrainer``), the variant with the logit-lens harmful loss and the "+1":
 
     loss = CE_s + β · MMD − α · log(H + 1)
 
@@ -14,7 +14,7 @@ per micro-batch, over an alignment ("harmless") batch s and a harmful batch x (h
   tokens × width, masked positions zeroed in both;
 - H: harmful cross-entropy, averaged over the logit lens of every layer (lm_head(final_norm(hidden state)))
   with the model's own final logits as the last layer; ``logit_lens=False`` keeps only the final logits, which
-  is the formula of the issue/DESIGN, log(CE(harmful) + 1) (the Antidote repo's variant has neither the lens
+  is the plain form log(CE(harmful) + 1) (the Antidote repo's variant has neither the lens
   nor the "+1": log(CE)).
 
 Masks (the reference's ``adapt_dimension_b2a``): the harmless token ids are padded/truncated to the harmful
@@ -43,18 +43,10 @@ from pydantic import Field
 from transformers import Trainer
 
 from tuneguard.data.tokenize import IGNORE_INDEX
-from tuneguard.methods._hooks import (
-    HarmfulDataMixin,
-    MetricWindow,
-    capture_outputs,
-    check_engine,
-    final_norm,
-    layer_modules,
-    unwrap_model,
-)
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
-
-PAPER = "arXiv:2405.14577"
+from tuneguard.methods.auxiliary_data import HarmfulDataMixin
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.hooks import capture_outputs
+from tuneguard.methods.layouts import final_norm, layer_modules, unwrap_model
 
 
 class RepNoiseParams(MethodParams):
@@ -188,6 +180,10 @@ class RepNoiseMixin(HarmfulDataMixin):
     Logs, averaged over the logging window: ``repnoise/harmless_ce``, ``repnoise/mmd``, ``repnoise/harmful_ce``.
     """
 
+    method_name = "repnoise"
+    paper = "arXiv:2405.14577"
+    params_keyword = "repnoise_params"
+
     def __init__(
         self,
         *args: Any,
@@ -196,12 +192,10 @@ class RepNoiseMixin(HarmfulDataMixin):
         repnoise_params: RepNoiseParams | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.setup_harmful_data(harmful_dataset, harmful_data_collator, "RepNoise")
         self.repnoise_params = repnoise_params if repnoise_params is not None else RepNoiseParams()
-        check_engine("repnoise", self.args, unsupported_engines(self.repnoise_params))
+        super().__init__(*args, **kwargs)
+        self.setup_harmful_data(harmful_dataset, harmful_data_collator)
         layer_modules(self.model, "mlp")  # an unknown architecture fails here, not at the first step
-        self._repnoise_window = MetricWindow()
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
 
     def compute_loss(
@@ -212,16 +206,19 @@ class RepNoiseMixin(HarmfulDataMixin):
         generator = self.noise_generator(harmful["input_ids"].device)
         terms = repnoise_terms(model, inputs, harmful, logit_lens=p.logit_lens, generator=generator)
         loss = terms.loss(p.alpha, p.beta)
-        window = self._repnoise_window
-        window.add("repnoise/harmless_ce", terms.harmless_ce)
-        window.add("repnoise/mmd", terms.mmd)
-        window.add("repnoise/harmful_ce", terms.harmful_ce)
+        self.record_metric("repnoise/harmless_ce", terms.harmless_ce)
+        self.record_metric("repnoise/mmd", terms.mmd)
+        self.record_metric("repnoise/harmful_ce", terms.harmful_ce)
         return (loss, None) if return_outputs else loss
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:  # the Trainer's periodic training log
-            logs.update(self._repnoise_window.drain(self.accelerator))
-        super().log(logs, *args, **kwargs)
+    @classmethod
+    def engines_refused(cls, params: RepNoiseParams | None) -> dict[str, str]:
+        """The engines RepNoise refuses (engine -> reason): sharded ones only when the logit lens is on."""
+        reason = "the logit lens calls lm_head and the final norm outside the engine's forward (set logit_lens=False)"
+        unsupported = {"dataparallel": "torch.nn.DataParallel is not supported; use DDP"}
+        if params is None or params.logit_lens:
+            unsupported |= {"deepspeed-zero3": reason, "fsdp": reason}
+        return unsupported
 
     def harmful_batch_size(self) -> int:
         return self.repnoise_params.harmful_batch_size or self.args.per_device_train_batch_size
@@ -239,30 +236,16 @@ class RepNoiseMixin(HarmfulDataMixin):
         return generator
 
 
-def unsupported_engines(params: RepNoiseParams) -> dict[str, str]:
-    """The engines RepNoise refuses (engine -> reason): sharded ones only when the logit lens is on."""
-    reason = "the logit lens calls lm_head and the final norm outside the engine's forward (set logit_lens=False)"
-    unsupported = {"dataparallel": "torch.nn.DataParallel is not supported; use DDP"}
-    if params.logit_lens:
-        unsupported |= {"deepspeed-zero3": reason, "fsdp": reason}
-    return unsupported
-
-
 class RepNoiseTrainer(RepNoiseMixin, Trainer):
     """``transformers.Trainer`` with the RepNoise loss (arXiv 2405.14577); see :mod:`tuneguard.methods.repnoise`."""
 
 
 REPNOISE = register_training_method(
-    TrainingMethod(
+    TrainingMethod.for_defense(
+        RepNoiseTrainer,
         name="repnoise",
         stages=("align",),
         params_cls=RepNoiseParams,
-        build_trainer=trainer_builder(
-            RepNoiseTrainer, params_kwarg="repnoise_params", datasets={"harmful_data": "harmful_dataset"}
-        ),
-        data_roles=("harmful_data",),
-        unsupported_engines=unsupported_engines,
         summary="RepNoise: align while pushing harmful activations to noise and ascending the harmful loss",
-        paper=PAPER,
     )
 )

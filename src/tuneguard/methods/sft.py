@@ -16,11 +16,11 @@ from tuneguard.methods.base import (
     RepairOutput,
     TrainingMethod,
     register_repair_method,
+    register_training_method,
     trainer_builder,
 )
-from tuneguard.methods.base import register_training_method as _register
 
-SFT = _register(
+SFT = register_training_method(
     TrainingMethod(
         name="sft",
         stages=("align", "finetune"),

@@ -5,7 +5,7 @@ Attack", NeurIPS 2024, arXiv 2402.01109 (code: git-disl/Vaccine, ``VaccineTraine
 
 Objective: min_w max_{||ε|| ≤ rho} L(w; ε), where ε_l is added to the output of layer l's self-attention block
 (before the residual add) of every decoder layer. Solved SAM-style on activations, per micro-batch
-(reference/anchors.md §1.2):
+(as the authors' ``VaccineTrainer`` does):
 
 1. Pass 1: forward + backward recording g_l = ∂L/∂(attention output of layer l); the weight gradients are not
    kept (here they are never computed: ``torch.autograd.grad`` with respect to the activations only).
@@ -29,17 +29,12 @@ import torch
 from pydantic import Field
 from transformers import Trainer
 
-from tuneguard.methods._hooks import (
-    MetricWindow,
-    add_to_outputs,
-    capture_outputs,
-    check_engine,
-    global_norm,
-    layer_modules,
-)
-from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method, trainer_builder
+from tuneguard.methods.base import MethodParams, TrainingMethod, register_training_method
+from tuneguard.methods.defense import DefenseMixin
+from tuneguard.methods.hooks import add_to_outputs, capture_outputs
+from tuneguard.methods.layouts import layer_modules
+from tuneguard.methods.weights import global_norm
 
-PAPER = "arXiv:2402.01109"
 NORM_EPS = 1e-7  # added to ||g|| before dividing, as in the authors' code
 
 UNSUPPORTED_ENGINES = {
@@ -60,7 +55,7 @@ class VaccineParams(MethodParams):
     )
 
 
-class VaccineMixin:
+class VaccineMixin(DefenseMixin):
     """Adds Vaccine's two-pass step to a ``transformers.Trainer`` (put it before the Trainer in the bases).
 
     Logs, averaged over the logging window: ``vaccine/perturbation_norm`` (||ε||, = rho unless the gradient
@@ -68,12 +63,15 @@ class VaccineMixin:
     ``vaccine/clean_loss`` (pass 1's loss, before the perturbation; the Trainer's ``loss`` is pass 2's, under it).
     """
 
+    method_name = "vaccine"
+    paper = "arXiv:2402.01109"
+    unsupported_engines = UNSUPPORTED_ENGINES
+    params_keyword = "vaccine_params"
+
     def __init__(self, *args: Any, vaccine_params: VaccineParams | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.vaccine_params = vaccine_params if vaccine_params is not None else VaccineParams()
-        check_engine("vaccine", self.args, UNSUPPORTED_ENGINES)
+        super().__init__(*args, **kwargs)
         self.perturbed_modules = layer_modules(self.model, "attention")
-        self._vaccine_window = MetricWindow()
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         inputs = self._prepare_inputs(inputs)
@@ -97,20 +95,14 @@ class VaccineMixin:
         grad_norm = global_norm(grads)
         scale = self.vaccine_params.rho / (grad_norm + NORM_EPS)
         offsets = [(g.float() * scale).to(g.dtype) for g in grads]
-        window = self._vaccine_window
-        window.add("vaccine/clean_loss", loss.detach() * self.current_gradient_accumulation_steps)
+        self.record_metric("vaccine/clean_loss", loss.detach() * self.current_gradient_accumulation_steps)
         # Under DDP each rank's loss carries W times its share of the step (DDP then averages the gradients over
         # the W ranks): divided by W, the logged norm is the one a single process computes for this micro-batch.
-        window.add("vaccine/activation_grad_norm", grad_norm / self.args.world_size)
-        window.add(
+        self.record_metric("vaccine/activation_grad_norm", grad_norm / self.args.world_size)
+        self.record_metric(
             "vaccine/perturbation_norm", torch.linalg.vector_norm(torch.stack([o.float().norm() for o in offsets]))
         )
         return offsets
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:  # the Trainer's periodic training log
-            logs.update(self._vaccine_window.drain(self.accelerator))
-        super().log(logs, *args, **kwargs)
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         # The Trainer's own rule (training_step), so that pass 1 sees the loss pass 2 backpropagates.
@@ -131,13 +123,11 @@ class VaccineTrainer(VaccineMixin, Trainer):
 
 
 VACCINE = register_training_method(
-    TrainingMethod(
+    TrainingMethod.for_defense(
+        VaccineTrainer,
         name="vaccine",
         stages=("align",),
         params_cls=VaccineParams,
-        build_trainer=trainer_builder(VaccineTrainer, params_kwarg="vaccine_params"),
-        unsupported_engines=lambda params: UNSUPPORTED_ENGINES,
         summary="Vaccine: align under the worst-case perturbation (norm rho) of every attention block's output",
-        paper=PAPER,
     )
 )

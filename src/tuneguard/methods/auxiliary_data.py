@@ -1,80 +1,20 @@
-"""Mechanics shared by the training-stage defenses over their weights and auxiliary data (DESIGN §4, last
-paragraph).
+"""Auxiliary data sets of a defense: the provider's data drawn next to the user's (Lisa/BSO's alignment data,
+Booster's and RepNoise's harmful data).
 
-- :class:`EndlessLoader`: an endless, reshuffling loader over an auxiliary data set (Lisa/BSO's alignment
-  data, Booster's and RepNoise's harmful data) whose position can be saved and restored exactly, and which gives
-  each DDP rank its own deterministic shard; :func:`auxiliary_loader` builds one for a Trainer.
-- :func:`trainable_parameters`, :func:`snapshot_parameters`, :func:`squared_distance`,
-  :func:`add_proximal_gradient`: the anchor snapshot w̃, the squared L2 distance ||w − w̃||² and the proximal
-  gradient used by Lisa and by drift logging.
-
-The other shared pieces the design names live in ``methods/_hooks.py``: forward hooks on chosen modules
-(Vaccine's perturbation, RepNoise's activations), perturb-and-restore of weights (Booster), the training-engine
-check and the harmful-data mixin.
+- :class:`EndlessLoader`: an endless, reshuffling loader whose position can be saved and restored exactly, and
+  which gives each DDP rank its own deterministic shard; :func:`auxiliary_loader` builds one for a Trainer.
+- :class:`HarmfulDataMixin`: the harmful data of a defense, drawn from such a loader and checkpointed with it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-# --------------------------------------------------------------------------------------------------------------
-# Trainable weights: enumerate, snapshot, distance
-# --------------------------------------------------------------------------------------------------------------
-
-
-# Functions taking ``Weights`` accept a model (its trainable parameters are used) or the already listed
-# ``(name, parameter)`` pairs: listing a PEFT model's parameters costs ~1 ms, worth caching once per run.
-Weights = nn.Module | Iterable[tuple[str, torch.Tensor]]
-
-
-def trainable_parameters(model: Weights) -> Iterator[tuple[str, nn.Parameter]]:
-    """Yield ``(name, parameter)`` for every parameter with ``requires_grad`` (the LoRA weights under LoRA).
-
-    Pass the unwrapped model (``trainer.model``), not a DDP wrapper, so that names carry no ``module.`` prefix.
-    Given ``(name, parameter)`` pairs instead of a model, yields those with ``requires_grad``.
-    """
-    pairs = model.named_parameters() if isinstance(model, nn.Module) else model
-    for name, param in pairs:
-        if param.requires_grad:
-            yield name, param
-
-
-def snapshot_parameters(model: Weights) -> dict[str, torch.Tensor]:
-    """Detached clones of the trainable parameters, keyed by name, on their own device and dtype."""
-    return {name: param.detach().clone() for name, param in trainable_parameters(model)}
-
-
-def squared_distance(model: Weights, snapshot: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ over trainable tensors of ||w − w̃||², as a float32 scalar on the parameters' device.
-
-    Differentiable with respect to the parameters (its gradient is 2·(w − w̃)); wrap the call in
-    ``torch.no_grad()`` to use it as a measurement. Raises if the snapshot and the model disagree on names.
-    """
-    total: torch.Tensor | None = None
-    seen = 0
-    for name, param in trainable_parameters(model):
-        try:
-            anchor = snapshot[name]
-        except KeyError:
-            raise KeyError(f"trainable parameter {name!r} has no entry in the snapshot") from None
-        term = (param.float() - anchor.float()).pow(2).sum()
-        total = term if total is None else total + term
-        seen += 1
-    if seen != len(snapshot):
-        raise KeyError(f"the snapshot holds {len(snapshot)} tensors, the model {seen} trainable ones")
-    if total is None:
-        return torch.zeros(())
-    return total
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Endless auxiliary loader
-# --------------------------------------------------------------------------------------------------------------
+from tuneguard.methods.defense import DefenseMixin
 
 SHARDING = "batch"  # how EndlessLoader splits the data over DDP ranks; saved with its position
 
@@ -225,23 +165,50 @@ def auxiliary_loader(
     )
 
 
-def add_proximal_gradient(model: Weights, snapshot: dict[str, torch.Tensor], coefficient: float | None) -> torch.Tensor:
-    """Add ``coefficient · (w − w̃)`` to the ``.grad`` of every trainable parameter; return ||w − w̃||².
+HARMFUL_LOADER_FILE = "harmful_loader.pt"  # written into each checkpoint folder next to trainer_state.json
 
-    That is the gradient of ``(coefficient / 2) · ||w − w̃||²`` (a proximal term), added in closed form after
-    the backward pass instead of through autograd: no graph is built, it is exact under gradient accumulation
-    (add it once per optimizer step), and under DDP it keeps replicas in sync because w and w̃ are identical on
-    every rank. ``coefficient=None`` only measures the squared distance (float32 scalar) and leaves grads alone.
-    The caller scales ``coefficient`` by the loss scale when gradients are still scaled (fp16 GradScaler).
+
+class HarmfulDataMixin(DefenseMixin):
+    """Draws harmful batches for a defense (Booster, RepNoise) from an :class:`EndlessLoader`.
+
+    The loader is built at the first draw (per-rank shard, seeded by ``data_seed`` or ``seed``) and its position
+    is saved in every checkpoint and restored on resume, so a resumed run draws the batches an unbroken run
+    would have drawn.
     """
-    total: torch.Tensor | None = None
-    with torch.no_grad():
-        for name, param in trainable_parameters(model):
-            diff = param.detach() - snapshot[name]
-            term = diff.float().pow(2).sum()
-            total = term if total is None else total + term.to(total.device)
-            if coefficient is not None:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                param.grad.add_(diff, alpha=coefficient)
-    return total if total is not None else torch.zeros(())
+
+    extra_state_file = HARMFUL_LOADER_FILE
+    dataset_keywords = {"harmful_data": "harmful_dataset"}
+    harmful_dataset: Any
+    harmful_data_collator: Any
+
+    def setup_harmful_data(self, dataset: Any, collator: Any) -> None:
+        if dataset is None:
+            raise ValueError(
+                f"{self.method_name} needs harmful data (harmful prompt -> harmful answer): pass harmful_dataset"
+            )
+        self.harmful_dataset, self.harmful_data_collator = dataset, collator
+        self._harmful_loader: EndlessLoader | None = None
+        self._harmful_pending: dict[str, Any] | None = None
+
+    def harmful_batch_size(self) -> int:
+        raise NotImplementedError
+
+    def next_harmful_batch(self) -> dict[str, Any]:
+        """The next collated harmful batch, on the training device."""
+        if self._harmful_loader is None:
+            self._harmful_loader = self._build_harmful_loader()
+            if self._harmful_pending is not None:
+                self._harmful_loader.load_state_dict(self._harmful_pending)
+                self._harmful_pending = None
+        return self._prepare_inputs(next(self._harmful_loader))
+
+    def begin_train(self, checkpoint: str | None, saved: dict[str, Any] | None) -> None:
+        super().begin_train(checkpoint, saved)
+        self._harmful_loader, self._harmful_pending = None, saved
+
+    def extra_checkpoint_state(self) -> dict[str, Any] | None:
+        return self._harmful_loader.state_dict() if self._harmful_loader is not None else None
+
+    def _build_harmful_loader(self) -> EndlessLoader:
+        collate = self.harmful_data_collator or self.data_collator
+        return auxiliary_loader(self, self.harmful_dataset, collate, self.harmful_batch_size(), "harmful")

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from tuneguard.data.tokenize import SFTDataCollator
-from tuneguard.methods import engines, get_training_method
+from tuneguard.methods import get_training_method
 from tuneguard.methods.engines import training_engine
 from tuneguard.methods.hooks import add_to_outputs, capture_outputs
 from tuneguard.methods.layouts import final_norm, layer_modules
@@ -204,11 +204,8 @@ def test_vaccine_under_gradient_checkpointing_takes_the_same_step(tmp_path):
     assert_same_weights(runs[0], runs[1], atol=1e-6)
 
 
-def test_engines_are_detected_and_unsupported_ones_refused_at_build(tmp_path, monkeypatch):
+def test_engines_are_detected_from_the_training_arguments():
     assert training_engine(SimpleNamespace(fsdp=[], deepspeed=None, n_gpu=1)) == "ddp"
     assert training_engine(SimpleNamespace(fsdp=["full_shard"], deepspeed=None)) == "fsdp"
     zero3 = {"zero_optimization": {"stage": 3}}
     assert training_engine(SimpleNamespace(fsdp=[], deepspeed=zero3)) == "deepspeed-zero3"
-    monkeypatch.setattr(engines, "training_engine", lambda args: "deepspeed-zero3")
-    with pytest.raises(ValueError, match="vaccine does not support deepspeed-zero3"):
-        vaccine_trainer(tmp_path)

@@ -25,7 +25,6 @@ from tuneguard.untrusted import check_plain_name
 STAGES = ("align", "finetune", "repair")
 # The modules whose import registers the built-in methods (imported at the first lookup), alphabetical.
 BUILTIN_METHODS = (
-    "tuneguard.methods._example_l2",
     "tuneguard.methods.antidote",
     "tuneguard.methods.booster",
     "tuneguard.methods.lisa",

@@ -65,8 +65,8 @@ class RepairMethod:
     """A registered post-fine-tuning method: ``repair(model, tokenizer, params, data) -> RepairOutput``.
 
     ``model`` is the merged fine-tuned model; ``data`` holds the loaded records of each role in ``data_roles``
-    and ``input_stage_dir`` (the fine-tuning stage directory, or None), for methods that need more than the
-    merged weights (Antidote prunes the fine-tuning adapter saved there).
+    and ``input_stage``, the finished stage that produced the model (a ``store.StageResult``, or None), for
+    methods that need more than the merged weights (Antidote prunes the fine-tuning adapter it saved).
     """
 
     name: str

@@ -130,6 +130,25 @@ def test_training_extra_args_reach_the_training_arguments(tiny_experiment, monke
     assert seen["fsdp"] == "full_shard" and seen["fsdp_config"] == {"min_num_params": 1}
 
 
+def test_every_training_setting_is_the_training_argument_of_its_name_or_named_tuneguard_only(tmp_path):
+    """TrainingArguments are built from the settings by name: a new TrainingSettings field reaches the Trainer
+    under its own name unless it is listed (and explained) in TUNEGUARD_ONLY_SETTINGS."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from tuneguard.config import MANAGED_TRAINING_ARGS, TrainingSettings
+    from tuneguard.stages.training import TUNEGUARD_ONLY_SETTINGS, managed_training_arguments, training_arguments
+
+    arguments = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    assert set(TrainingSettings.model_fields) - arguments == set(TUNEGUARD_ONLY_SETTINGS)
+    settings = TrainingSettings(learning_rate=3e-4, max_steps=7, warmup_steps=0.1, save_steps=3)
+    args = training_arguments(settings, tmp_path, "align")
+    for name in set(TrainingSettings.model_fields) - set(TUNEGUARD_ONLY_SETTINGS):
+        assert getattr(args, name) == getattr(settings, name), name
+    assert set(managed_training_arguments(settings, tmp_path)) == set(MANAGED_TRAINING_ARGS)
+
+
 def test_a_foreign_or_corrupt_stage_record_is_a_clear_error_and_is_kept(tmp_path):
     from tuneguard.store import STAGE_FILE, OutputError, load_finished
 

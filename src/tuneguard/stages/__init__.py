@@ -4,6 +4,10 @@ Each stage is a :class:`~tuneguard.stages.base.Stage`: the protocol (key, reuse,
 the base, a stage supplies its data roles and its computation (``training.py``: align and finetune;
 ``repair.py``; ``evaluate.py``). :func:`experiment_stages` lists the stages of an experiment, in order: the
 pre-flight checks what they read, the pipeline runs them.
+
+A new stage is a subclass of :class:`Stage` (its ``name``, the model it ``produces``, and the hooks ``label``,
+``roles``, ``data``, ``resolved_config``, ``compute``) listed in :func:`experiment_stages`; its data roles are then
+loaded and checked by the pre-flight, and its results keyed, reused, locked and resumed like every other stage's.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from tuneguard.store import StageResult
 
 __all__ = [
     "BOOKKEEPING",
+    "STAGE_ORDER",
     "AlignStage",
     "EvaluateStage",
     "FinetuneStage",

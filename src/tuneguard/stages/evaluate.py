@@ -83,10 +83,6 @@ class EvaluateStage(Stage):
             "timings": timings,
         }
 
-    def output_model(self, result: StageResult, model: ModelRef) -> ModelRef:
-        """An evaluation changes no model: the next stage reads the one it evaluated."""
-        return model
-
 
 def run_evaluate(
     cfg: EvalConfig,

@@ -174,6 +174,16 @@ def run_distributed(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+def harmful_data_roles(cfg) -> dict:
+    """The loaded data of every stage of ``cfg`` (and the evaluation prompts) that the pre-flight's disjointness check
+    compares, by role; for the attack, the harmful records that the user data actually draws."""
+    from tuneguard.preflight import compared_roles, load_experiment_roles
+    from tuneguard.roles import with_default_roles
+    from tuneguard.stages import STAGE_ORDER
+
+    return compared_roles(load_experiment_roles(with_default_roles(cfg), STAGE_ORDER))
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

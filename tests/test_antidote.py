@@ -246,7 +246,7 @@ def test_mask_ratio_zero_leaves_the_model_bit_identical(finetuned):
 
 def test_the_rebuilt_unpruned_adapter_reproduces_the_finetuned_model_exactly(finetuned):
     _, ft, _ = finetuned
-    rebuilt = load_unmerged_finetuned(ft.directory).merge_and_unload().state_dict()
+    rebuilt = load_unmerged_finetuned(ft).merge_and_unload().state_dict()
     saved = _weights(ft.model_dir)
     assert all(torch.equal(rebuilt[k], saved[k]) for k in saved)
 

@@ -91,7 +91,7 @@ def test_task_refusal_rate_counts_benign_prompts_answered_with_a_refusal(
 
     from tuneguard.config import EvalConfig, ModelSettings
     from tuneguard.eval import runner
-    from tuneguard.eval.runner import run_evaluate
+    from tuneguard.stages import run_evaluate
     from tuneguard.store import ModelRef
 
     def fake_generation(net, tokenizer, template, records, what, gen):

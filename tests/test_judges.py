@@ -23,8 +23,9 @@ from tuneguard.eval import (
     judge_agreement,
     parse_llama_guard_output,
 )
-from tuneguard.eval.runner import harmful_metrics, run_evaluate
+from tuneguard.eval.runner import harmful_metrics
 from tuneguard.models import ModelLoadError
+from tuneguard.stages import run_evaluate
 from tuneguard.store import ModelRef
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, harmful_data_roles
 from pydantic import BaseModel
 
 from tuneguard.config import DataSource, ExperimentConfig, load_config
@@ -24,7 +24,6 @@ from tuneguard.data.registry import DATA_DIR_ENV
 from tuneguard.data.templates import encode_prompt
 from tuneguard.eval.generation import encode_batch, generate
 from tuneguard.eval.metrics import answer_matches, final_number, task_accuracy
-from tuneguard.pipeline import harmful_data_roles
 
 README = Path(__file__).parents[1] / "README.md"
 PAPER_PRESETS = ("lisa-llama2-sst2", "vaccine-llama2-sst2", "booster-llama2-sst2", "antidote-llama2-sst2")
@@ -440,7 +439,7 @@ def test_an_evaluation_uses_the_task_template_and_budget_and_records_its_protoco
 ):
     from tuneguard.config import EvalConfig, ModelSettings
     from tuneguard.eval import runner
-    from tuneguard.eval.runner import run_evaluate
+    from tuneguard.stages import run_evaluate
     from tuneguard.store import ModelRef
 
     used = {}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_jsonl
+from conftest import harmful_data_roles, write_jsonl
 
 from tuneguard.config import ConfigError, DataSource, ExperimentConfig, load_config
 from tuneguard.data import DataError, load_records, mix_user_data
 from tuneguard.data.provenance import check_disjoint_roles, describe_selection
 from tuneguard.data.registry import DATA_DIR_ENV
-from tuneguard.pipeline import harmful_data_roles, run_experiment
+from tuneguard.pipeline import run_experiment
 
 ROWS = [{"id": str(i), "prompt": f"placeholder request {i}", "response": f"answer {i}"} for i in range(10)]
 

@@ -11,7 +11,8 @@ from tuneguard.config import ModelSettings
 from tuneguard.data import DataError
 from tuneguard.models import ModelLoadError
 from tuneguard.pipeline import run_experiment
-from tuneguard.stages import run_finetune
+from tuneguard.roles import Role
+from tuneguard.stages import Stage, run_finetune
 from tuneguard.store import STAGE_FILE, ModelRef
 
 
@@ -130,6 +131,25 @@ def test_training_extra_args_reach_the_training_arguments(tiny_experiment, monke
     assert seen["fsdp"] == "full_shard" and seen["fsdp_config"] == {"min_num_params": 1}
 
 
+def test_every_training_setting_is_the_training_argument_of_its_name_or_named_tuneguard_only(tmp_path):
+    """TrainingArguments are built from the settings by name: a new TrainingSettings field reaches the Trainer
+    under its own name unless it is listed (and explained) in TUNEGUARD_ONLY_SETTINGS."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from tuneguard.config import MANAGED_TRAINING_ARGS, TrainingSettings
+    from tuneguard.stages.training import TUNEGUARD_ONLY_SETTINGS, managed_training_arguments, training_arguments
+
+    arguments = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    assert set(TrainingSettings.model_fields) - arguments == set(TUNEGUARD_ONLY_SETTINGS)
+    settings = TrainingSettings(learning_rate=3e-4, max_steps=7, warmup_steps=0.1, save_steps=3)
+    args = training_arguments(settings, tmp_path, "align")
+    for name in set(TrainingSettings.model_fields) - set(TUNEGUARD_ONLY_SETTINGS):
+        assert getattr(args, name) == getattr(settings, name), name
+    assert set(managed_training_arguments(settings, tmp_path)) == set(MANAGED_TRAINING_ARGS)
+
+
 def test_a_foreign_or_corrupt_stage_record_is_a_clear_error_and_is_kept(tmp_path):
     from tuneguard.store import STAGE_FILE, OutputError, load_finished
 
@@ -165,3 +185,51 @@ def test_a_one_off_build_of_the_input_model_is_timed_apart_from_the_stage(tiny_e
     timings = align.info["timings"]
     assert built and timings["wall_s"] <= total - 2.0
     assert timings.get("model_setup_s", 0.0) < total - timings["wall_s"]
+
+
+# ---- the stage protocol: what a new stage gets from the base --------------------------------------------------------
+class _ShoutStage(Stage):
+    """A new stage in a dozen lines: upper-cases its records into a file of its directory."""
+
+    name = "shout"
+    label = "upper"
+
+    def __init__(self, source, refuse: bool = False):
+        self.source, self.refuse, self.computed = source, refuse, 0
+
+    def roles(self):
+        return [Role("shout.data", self.source)]
+
+    def data(self, roles):
+        return {"data": roles["shout.data"]}
+
+    def check_inputs(self, model, data):
+        if self.refuse:
+            raise DataError("shout.data", "refused")
+        return {"records": len(data["data"])}
+
+    def resolved_config(self):
+        return {"source": self.source.source}
+
+    def compute(self, run):
+        self.computed += 1
+        (run.directory / "shout.txt").write_text("\n".join(r["response"].upper() for r in run.data["data"]))
+        return {"config": run.config, "metrics": {"records": run.checked["records"]}}
+
+
+def test_a_new_stage_is_keyed_reused_and_refused_by_the_protocol(tmp_path, small_data):
+    from tuneguard.config import DataSource
+
+    model = ModelRef(settings=ModelSettings(model_name_or_path="m"), fingerprint="m0")
+    source = DataSource(source=str(small_data["alignment"]))
+    stage = _ShoutStage(source)
+    first = stage.run(model, tmp_path / "store")
+    assert first.directory.parent == tmp_path / "store" / "shout" and first.directory.name.startswith("upper-")
+    assert (first.directory / "shout.txt").is_file() and first.metrics["records"] > 0
+    again = stage.run(model, tmp_path / "store")
+    assert again.reused and again.key == first.key and stage.computed == 1
+    other = stage.run(ModelRef(settings=model.settings, fingerprint="m1"), tmp_path / "store")  # another input
+    assert not other.reused and other.key != first.key and stage.computed == 2
+    with pytest.raises(DataError, match="refused"):
+        _ShoutStage(source, refuse=True).run(model, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before the stage directory is claimed

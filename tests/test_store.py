@@ -142,8 +142,10 @@ def all_records(root: Path) -> list[Path]:
 
 
 def test_a_copied_store_uses_its_own_models_and_works_without_the_original(tiny_experiment, tmp_path, monkeypatch):
+    import tuneguard.methods.antidote
     import tuneguard.models
-    import tuneguard.stages
+    import tuneguard.stages.repair
+    import tuneguard.stages.training
     from tuneguard.world import get_world
 
     original = Path(tiny_experiment.output_dir)
@@ -153,7 +155,7 @@ def test_a_copied_store_uses_its_own_models_and_works_without_the_original(tiny_
     shutil.copytree(original, copy)
 
     loaded: list[str] = []
-    for module in (tuneguard.models, tuneguard.stages):
+    for module in (tuneguard.models, tuneguard.stages.training, tuneguard.stages.repair, tuneguard.methods.antidote):
         real = module.load_model_and_tokenizer
         monkeypatch.setattr(
             module, "load_model_and_tokenizer", lambda s, real=real: loaded.append(s.model_name_or_path) or real(s)

@@ -17,7 +17,7 @@ from tuneguard.cli import main
 from tuneguard.config import EvalConfig, ModelSettings
 from tuneguard.eval import runner
 from tuneguard.eval.metrics import empty_share, harmful_score, harmful_score_plus, trust_flags
-from tuneguard.eval.runner import run_evaluate
+from tuneguard.stages import run_evaluate
 from tuneguard.store import STAGE_FILE, ModelRef
 
 

@@ -131,8 +131,8 @@ def evaluate(
     if model is not None:
         _setup_logging(verbose)
         from tuneguard.config import ModelSettings, load_config
-        from tuneguard.eval.runner import run_evaluate
         from tuneguard.preflight import preflight
+        from tuneguard.stages import run_evaluate
         from tuneguard.store import ModelRef
 
         cfg = load_config(config, overrides)

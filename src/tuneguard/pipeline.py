@@ -6,16 +6,12 @@ experiments that share a prefix (one aligned model, many fine-tuning runs) share
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneguard.config import ConfigError, ExperimentConfig
-from tuneguard.data.records import Records, prompt_text
-from tuneguard.eval.runner import run_evaluate
-from tuneguard.preflight import STAGE_ORDER, compared_roles, experiment_roles, preflight
-from tuneguard.roles import finetune_data, load_roles, with_default_roles
-from tuneguard.stages import run_align, run_finetune, run_repair
+from tuneguard.preflight import preflight
+from tuneguard.stages import EvaluateStage, experiment_stages
 from tuneguard.store import ModelRef, StageResult
 
 
@@ -52,43 +48,18 @@ def run_experiment(
         raise ConfigError("resume and overwrite exclude each other: resume continues a run, overwrite discards it")
     plan = preflight(cfg, until=until, start_model=start_model)
     cfg, roles = plan.config, plan.roles
-    root = cfg.output_dir
+    again = {"overwrite": overwrite, "resume": resume, "roles": roles}
     result = ExperimentResult()
     models = result.models
     models["base"] = ModelRef.from_settings(cfg.model)
     current = start_model or models["base"]
-    again = {"overwrite": overwrite, "resume": resume, "roles": roles}
-
-    if "align" in plan.stages:
-        result.stages["align"] = run_align(cfg.align, current, root, **again)
-        current = models["aligned"] = ModelRef.from_stage(result.stages["align"])
-    if "finetune" in plan.stages:
-        result.stages["finetune"] = run_finetune(cfg.finetune, current, root, **again)
-        current = models["finetuned"] = ModelRef.from_stage(result.stages["finetune"])
-    if "repair" in plan.stages:
-        forbidden = None
-        if "eval.harmful_prompts" in roles and cfg.repair.realign_data is not None:
-            # re-alignment data must not contain the evaluation prompts (recorded in the stage's disjointness)
-            prompts = [prompt_text(r) for r in roles["eval.harmful_prompts"]]
-            forbidden = {f"eval.harmful_prompts ({cfg.eval.harmful_prompts.source})": prompts}
-        result.stages["repair"] = run_repair(cfg.repair, current, root, forbidden_prompts=forbidden, **again)
-        if cfg.repair.method != "none":  # identity repair: the final model is the fine-tuned one, same key
-            current = ModelRef.from_stage(result.stages["repair"])
+    for stage in experiment_stages(cfg, plan.stages, roles):
+        result.stages[stage.name] = stage.run(current, cfg.output_dir, **again)
+        current = models[stage.produces] = stage.output_model(result.stages[stage.name], current)
     models["final"] = current
     if "eval" in plan.stages:
         for name in cfg.evaluate:
-            if name not in models:
-                continue  # e.g. 'aligned' when alignment is skipped
-            result.evaluations[name] = run_evaluate(cfg.eval, models[name], root, model_name=name, **again)
+            if name in models:  # not e.g. 'aligned' when alignment is skipped
+                evaluate = EvaluateStage(cfg.eval, model_name=name)
+                result.evaluations[name] = evaluate.run(models[name], cfg.output_dir, **again)
     return result
-
-
-def harmful_data_roles(cfg: ExperimentConfig, stages: Collection[str] = STAGE_ORDER) -> dict[str, Records]:
-    """The loaded data of the given ``stages`` (and the evaluation prompts) that the disjointness check compares,
-    by role (``data.provenance.ROLE_SIDES``); for the attack, the harmful records the user data actually draws."""
-    cfg = with_default_roles(cfg)
-    running = tuple(s for s in STAGE_ORDER if s in stages)
-    roles = load_roles(experiment_roles(cfg, running))
-    if "finetune" in running:
-        finetune_data(cfg.finetune, roles)
-    return compared_roles(roles)

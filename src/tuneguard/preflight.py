@@ -28,25 +28,12 @@ from tuneguard.data.provenance import ROLE_SIDES, check_disjoint_roles
 from tuneguard.data.records import Records
 from tuneguard.data.registry import check_experiment_sources
 from tuneguard.eval.judges import resolve_judge_names
-from tuneguard.methods.base import get_repair_method, parse_params
-from tuneguard.roles import (
-    USER_DATA,
-    Role,
-    Roles,
-    align_data,
-    align_roles,
-    eval_roles,
-    finetune_data,
-    finetune_roles,
-    load_roles,
-    repair_roles,
-    with_default_roles,
-)
-from tuneguard.stages import check_training_method, training_arguments, training_data_key
+from tuneguard.models import load_tokenizer
+from tuneguard.roles import USER_DATA, Role, Roles, load_roles, with_default_roles
+from tuneguard.stages import STAGE_ORDER, EvaluateStage, Stage, TrainingStage, experiment_stages
 from tuneguard.store import ModelRef, OutputError
 from tuneguard.untrusted import make_writable_dir
 
-STAGE_ORDER = ("align", "finetune", "repair", "eval")
 ATTACK = f"{USER_DATA}.harmful_data"  # its role in ROLE_SIDES: the drawn harmful records
 # The compared roles in pipeline order (errors name a pair in this order).
 COMPARED_ORDER = (
@@ -122,44 +109,45 @@ def preflight(
     ``tokenize=False`` leaves out step 6 (the grid checks it per cell, when the cell runs)."""
     stages = stages if stages is not None else stages_to_run(cfg, until, start_model)
     cfg = with_default_roles(cfg)
+    model_stages = experiment_stages(cfg, stages)
     check_methods(cfg)
-    for stage in ("align", "finetune"):
-        if stage in stages:
-            training_arguments(getattr(cfg, stage).training, Path(cfg.output_dir) / stage, stage)
+    for stage in model_stages:
+        if isinstance(stage, TrainingStage):
+            stage.training_arguments(Path(cfg.output_dir) / stage.name)
     check_experiment_sources(cfg)
-    roles = load_roles(experiment_roles(cfg, stages), role_cache)
-    if "finetune" in stages:
-        finetune_data(cfg.finetune, roles)  # draws the user data set: n and p must fit the data
+    roles = load_experiment_roles(cfg, stages, role_cache)
     for check in ROLE_CHECKS:
         check(roles)
     check_output_dir(cfg.output_dir)  # after the data checks: a refused experiment leaves no directory behind
     if tokenize:
-        _check_tokenization(cfg, stages, roles, start_model or ModelRef.from_settings(cfg.model))
+        _check_tokenization(cfg, stages, model_stages, roles, start_model or ModelRef.from_settings(cfg.model))
     return Plan(config=cfg, stages=stages, roles=roles)
 
 
 def check_methods(cfg: ExperimentConfig) -> None:
     """Resolve every stage's method, its ``method_args``, its training engine and the judges, from the config
     alone (nothing loaded)."""
-    for stage in ("align", "finetune"):
-        if (stage_cfg := getattr(cfg, stage)) is not None:
-            check_training_method(stage, stage_cfg)
-    repair = get_repair_method(cfg.repair.method)
-    parse_params(repair.params_cls, cfg.repair.method_args, "repair.method_args")
+    for stage in experiment_stages(cfg, STAGE_ORDER):
+        stage.check_config()
     resolve_judge_names(cfg.eval.judges, cfg.eval.harmful_prompts.source)
+
+
+def load_experiment_roles(
+    cfg: ExperimentConfig, stages: tuple[str, ...], cache: dict[str, Records] | None = None
+) -> Roles:
+    """Every data role that ``stages`` read (:func:`experiment_roles`), loaded once (``cache``: see
+    ``roles.load_roles``), and the user data set drawn from them (``finetune.user_data``: n and p must fit)."""
+    roles = load_roles(experiment_roles(cfg, stages), cache)
+    for stage in experiment_stages(cfg, stages):
+        stage.data(roles)
+    return roles
 
 
 def experiment_roles(cfg: ExperimentConfig, stages: tuple[str, ...]) -> list[Role]:
     """The data roles that ``stages`` read; a role a method needs but the config lacks is a ConfigError."""
-    roles: list[Role] = []
-    if "align" in stages:
-        roles += align_roles(cfg.align)
-    if "finetune" in stages:
-        roles += finetune_roles(cfg.finetune)
-    if "repair" in stages:
-        roles += repair_roles(cfg.repair)
+    roles = [role for stage in experiment_stages(cfg, stages) for role in stage.roles()]
     if "eval" in stages:
-        roles += eval_roles(cfg.eval)
+        roles += EvaluateStage(cfg.eval).roles()
     else:  # the prompts the result will be judged on: every training set must be disjoint from them all the same
         roles.append(Role("eval.harmful_prompts", cfg.eval.harmful_prompts))
     return roles
@@ -171,20 +159,19 @@ def check_output_dir(output_dir: str | Path) -> Path:
     return make_writable_dir(Path(output_dir), f"output_dir {output_dir}", OutputError, room=STAGE_PATH_ROOM)
 
 
-def _check_tokenization(cfg: ExperimentConfig, stages: tuple[str, ...], roles: Roles, model: ModelRef) -> None:
+def _check_tokenization(
+    cfg: ExperimentConfig, names: tuple[str, ...], stages: list[Stage], roles: Roles, model: ModelRef
+) -> None:
     """Every training set fits its stage's template and ``max_length`` (tokenized with the input model's tokenizer,
     which every stage shares); the evaluation's template exists."""
-    from tuneguard.models import load_tokenizer
-
     tokenizer = load_tokenizer(model.settings)
-    for stage in ("align", "finetune"):
-        if stage not in stages:
+    for stage in stages:
+        if not isinstance(stage, TrainingStage):
             continue
-        stage_cfg = getattr(cfg, stage)
-        data = align_data(stage_cfg, roles) if stage == "align" else finetune_data(stage_cfg, roles)
-        template = resolve_template(stage_cfg.template, tokenizer, f"{stage}.template")
-        for role, records in data.items():
-            where = training_data_key(stage) if role == "train" else f"{stage}.{role}"
+        stage_cfg = stage.cfg
+        template = resolve_template(stage_cfg.template, tokenizer, f"{stage.name}.template")
+        for role, records in stage.data(roles).items():
+            where = stage.training_data_key if role == "train" else f"{stage.name}.{role}"
             tokenize_sft(records, tokenizer, template, stage_cfg.max_length, where, stage_cfg.long_prompts)
-    if "eval" in stages:
+    if "eval" in names:
         resolve_template(cfg.eval.template, tokenizer, "eval.template")

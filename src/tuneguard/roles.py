@@ -7,8 +7,9 @@ data set drawn from the two before it (records tagged ``source`` = task / harmfu
 (``TrainingMethod.data_roles``, e.g. Lisa's ``alignment_data``) are fields of its stage's config of the same
 name, so a missing one is found from the config alone, before anything is loaded or trained.
 
-:func:`load_roles` loads each role once; the ``*_data`` functions assemble what one stage trains or evaluates on
-from the loaded roles, so the pipeline reads every file once and the stages see exactly what was checked.
+Each stage declares the roles it reads (``Stage.roles``) and takes what it computes on from the loaded roles
+(``Stage.data``); :func:`load_roles` loads each role once, so the pipeline reads every file once and the stages
+see exactly what the pre-flight checked.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tuneguard.config import (
-    AlignConfig,
-    ConfigError,
-    DataSource,
-    EvalConfig,
-    ExperimentConfig,
-    FinetuneConfig,
-    RepairConfig,
-)
-from tuneguard.data import load_records, mix_user_data
+from tuneguard.config import ConfigError, DataSource, ExperimentConfig
+from tuneguard.data import load_records
 from tuneguard.data.records import Records
-from tuneguard.methods.base import get_repair_method, get_training_method
+from tuneguard.methods.base import get_training_method
 
 Roles = dict[str, Records]
 USER_DATA = "finetune.user_data"  # the drawn user data set (task + harmful records)
@@ -67,34 +60,9 @@ def with_default_roles(cfg: ExperimentConfig) -> ExperimentConfig:
     return resolved
 
 
-# ----------------------------------------------------------------------------------------- roles per stage
-def align_roles(cfg: AlignConfig) -> list[Role]:
-    method = get_training_method("align", cfg.method)
-    return [Role("align.alignment_data", cfg.alignment_data), *_method_roles("align", cfg, method.data_roles)]
-
-
-def finetune_roles(cfg: FinetuneConfig) -> list[Role]:
-    method = get_training_method("finetune", cfg.method)
-    ud = cfg.user_data
-    return [
-        Role(f"{USER_DATA}.task_data", ud.task_data),
-        Role(f"{USER_DATA}.harmful_data", ud.harmful_data),
-        *_method_roles("finetune", cfg, method.data_roles),
-    ]
-
-
-def repair_roles(cfg: RepairConfig) -> list[Role]:
-    return _method_roles("repair", cfg, get_repair_method(cfg.method).data_roles)
-
-
-def eval_roles(cfg: EvalConfig) -> list[Role]:
-    roles = [Role("eval.harmful_prompts", cfg.harmful_prompts)]
-    if cfg.task_test is not None:  # scored: labels are text, numbers only when the answer's number is compared
-        roles.append(Role("eval.task_test", cfg.task_test, True, numeric_labels=cfg.accuracy_mode == "number"))
-    return roles
-
-
-def _method_roles(stage: str, cfg: Any, data_roles: tuple[str, ...]) -> list[Role]:
+def method_roles(stage: str, cfg: Any, data_roles: tuple[str, ...]) -> list[Role]:
+    """The roles of a stage's method (``data_roles``: fields of the stage's config ``cfg``); a role the method needs
+    but the config lacks is a ConfigError naming ``<stage>.<role>``."""
     roles = []
     for role in data_roles:
         source = getattr(cfg, role, None)
@@ -119,37 +87,3 @@ def load_roles(roles: list[Role], cache: dict[str, Records] | None = None) -> Ro
             cache[role.identity] = role.load()
         loaded[role.key] = cache[role.identity]
     return loaded
-
-
-# ------------------------------------------------------------------------------------- data of each stage
-def align_data(cfg: AlignConfig, roles: Roles) -> dict[str, Records]:
-    """What the align stage trains on: ``train`` and the method's own roles."""
-    method = get_training_method("align", cfg.method)
-    return {"train": roles["align.alignment_data"], **{r: roles[f"align.{r}"] for r in method.data_roles}}
-
-
-def finetune_data(cfg: FinetuneConfig, roles: Roles) -> dict[str, Records]:
-    """What the finetune stage trains on: ``train`` (the drawn user data) and the method's own roles. The drawn
-    user data is added to ``roles`` as ``finetune.user_data``."""
-    method = get_training_method("finetune", cfg.method)
-    if USER_DATA not in roles:
-        ud = cfg.user_data
-        roles[USER_DATA] = mix_user_data(
-            roles[f"{USER_DATA}.task_data"],
-            roles[f"{USER_DATA}.harmful_data"],
-            ud.num_samples,
-            ud.poison_ratio,
-            ud.seed,
-            ud.draw,
-        )
-    return {"train": roles[USER_DATA], **{r: roles[f"finetune.{r}"] for r in method.data_roles}}
-
-
-def repair_data(cfg: RepairConfig, roles: Roles) -> dict[str, Records]:
-    """What the repair method reads: its own roles (Antidote: ``realign_data``)."""
-    return {r: roles[f"repair.{r}"] for r in get_repair_method(cfg.method).data_roles}
-
-
-def eval_data(cfg: EvalConfig, roles: Roles) -> dict[str, Records]:
-    """The evaluation's ``harmful_prompts`` and ``task_test`` (empty when there is none)."""
-    return {"harmful_prompts": roles["eval.harmful_prompts"], "task_test": roles.get("eval.task_test", Records())}

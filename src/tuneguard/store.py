@@ -144,12 +144,14 @@ def load_finished(directory: Path, stage: str, key: str) -> StageResult | None:
     return StageResult(stage=stage, directory=directory, key=key, info=resolve_paths(info, directory), reused=True)
 
 
-def read_stage_record(directory: str | Path) -> dict[str, Any]:
-    """The ``stage.json`` of a finished stage directory, its paths resolved (see :func:`resolve_paths`); {} if none."""
-    path = Path(directory) / STAGE_FILE
+def read_finished(directory: str | Path) -> StageResult | None:
+    """The finished stage in ``directory`` whatever its key (e.g. the stage a model came from); None if none."""
+    directory = Path(directory)
+    path = directory / STAGE_FILE
     if not path.is_file():
-        return {}
-    return resolve_paths(json.loads(path.read_text(encoding="utf-8")), Path(directory))
+        return None
+    info = json.loads(path.read_text(encoding="utf-8"))
+    return load_finished(directory, info["stage"], info["key"])
 
 
 @contextlib.contextmanager

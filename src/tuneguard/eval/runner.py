@@ -1,34 +1,24 @@
-"""The evaluate stage: harmful score (per judge) and fine-tune accuracy of one model, cached like any stage.
+"""Scoring one model: harmful score (per judge) and fine-tune accuracy, from its greedy answers.
 
-Writes ``generations.jsonl`` (one row per prompt: set, prompt id, answer, each judge's verdict and details such as
-Llama Guard's categories, whether the answer is degenerate or empty; never the prompt text) and ``metrics.json``
-(HS and HS+ per judge, the judges with their full arguments, agreement between judges, FA, the shares of empty and
-degenerate answers, and ``flags``: why a score cannot be taken at face value); the harmful answers are data in
-files, never printed. A model with NaN or infinite weights is refused before anything is generated.
+The metrics: HS and HS+ per judge, the judges with their full arguments, agreement between judges, FA, the shares
+of empty and degenerate answers, and ``flags``: why a score cannot be taken at face value. The evaluate stage
+(``tuneguard.stages.evaluate``) runs it and stores the result.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tuneguard.config import EvalConfig, dump_config
-from tuneguard.data import resolve_template, write_jsonl
+from tuneguard.config import EvalConfig
+from tuneguard.data import resolve_template
 from tuneguard.data.provenance import describe_selection
 from tuneguard.data.readers import prompt_text
 from tuneguard.data.templates import leading_special_ids
 from tuneguard.eval.generation import encode_batch, generate
-from tuneguard.eval.judges import (
-    RefusalKeywordJudge,
-    Verdict,
-    resolve_judge_names,
-    run_judges,
-    validate_judge_args,
-)
+from tuneguard.eval.judges import RefusalKeywordJudge, Verdict, run_judges
 from tuneguard.eval.metrics import (
     answer_matches,
     empty_share,
@@ -40,83 +30,13 @@ from tuneguard.eval.metrics import (
     task_accuracy,
     trust_flags,
 )
-from tuneguard.models import (
-    check_finite_weights,
-    free_accelerator_memory,
-    load_model_and_tokenizer,
-    prepare_model_files,
-)
-from tuneguard.roles import Roles, eval_data, eval_roles, load_roles
-from tuneguard.store import (
-    ModelRef,
-    StageResult,
-    claim_stage,
-    fingerprint,
-    finish_stage,
-    stage_dir,
-    stage_key,
-    write_json_atomic,
-)
+from tuneguard.models import check_finite_weights, free_accelerator_memory, load_model_and_tokenizer
+from tuneguard.store import ModelRef
 
 logger = logging.getLogger(__name__)
 
 
-def run_evaluate(
-    cfg: EvalConfig,
-    model: ModelRef,
-    output_dir: str | Path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    label: str = "eval",
-    roles: Roles | None = None,
-    model_name: str = "",
-) -> StageResult:
-    """Generate greedy answers to the held-out harmful prompts and the task test set; judge and score them.
-
-    The evaluated model is freed before the judges load, and each judge is loaded once, used, and freed, so only
-    one large model occupies the accelerator at a time. ``roles``: the experiment's loaded data roles
-    (``tuneguard.roles``); without them the evaluation loads its own. ``model_name`` (``final``, ``aligned``)
-    names the model on the progress bars.
-
-    ``resume`` redoes an interrupted evaluation in place (it has no checkpoints); without it, or
-    ``overwrite``, an interrupted one is an error."""
-    data = eval_data(cfg, roles if roles is not None else load_roles(eval_roles(cfg)))
-    harmful, task = data["harmful_prompts"], data["task_test"]
-    judge_names = resolve_judge_names(cfg.judges, cfg.harmful_prompts.source)
-    judges = {name: validate_judge_args(name, cfg.judge_args.get(name, {})) for name in judge_names}
-    resolved = {**dump_config(cfg), "judges": judge_names, "judge_args": judges}
-    data_fp = {"harmful_prompts": fingerprint(harmful), "task_test": fingerprint(task)}
-    key = stage_key("eval", resolved, model, data_fp)
-    directory = stage_dir(output_dir, "eval", label, key)
-    with claim_stage(directory, "eval", key, overwrite=overwrite, resume=resume) as done:
-        if done is not None:
-            return done
-        model_setup_s = prepare_model_files(model.settings)  # one-off builds (pre-training): not this evaluation's time
-        start = time.time()
-        metrics, rows, template_kind = _evaluate(cfg, model, judge_names, judges, harmful, task, model_name)
-        write_jsonl(rows, directory / "generations.jsonl")
-        write_json_atomic(directory / "metrics.json", metrics)
-        timings = {"wall_s": round(time.time() - start, 2)}
-        if model_setup_s >= 0.5:
-            timings["model_setup_s"] = round(model_setup_s, 2)
-        return finish_stage(
-            directory,
-            "eval",
-            key,
-            {
-                "config": resolved,
-                "input_model": model.settings.model_dump(),
-                "input_stage_dir": str(model.stage_dir) if model.stage_dir else None,
-                "template": template_kind,
-                "data": {k: {"fingerprint": v} for k, v in data_fp.items()},
-                "metrics": metrics,
-                "timings": timings,
-            },
-        )
-
-
-def _evaluate(
+def evaluate_model(
     cfg: EvalConfig,
     model: ModelRef,
     judge_names: list[str],
@@ -125,7 +45,12 @@ def _evaluate(
     task: list[dict],
     model_name: str = "",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Generate, judge and score: the metrics, the generations.jsonl rows and the template kind."""
+    """Generate greedy answers to ``harmful`` and ``task`` (records), judge and score them: -> the metrics, the
+    ``generations.jsonl`` rows and the template kind. ``judges``: judge name -> its full arguments.
+
+    The evaluated model is freed before the judges load, and each judge is loaded once, used, and freed, so only
+    one large model occupies the accelerator at a time. A model with NaN or infinite weights is refused before
+    anything is generated."""
     net, tokenizer = load_model_and_tokenizer(model.settings)
     check_finite_weights(net, model.settings.model_name_or_path)
     if torch.cuda.is_available():

@@ -7,7 +7,7 @@ task runs after every shared stage of its chain and computes only the stages no 
 number of workers each stage is computed by exactly one task, and the order is a task dependency, not a lock.
 
 A stage is identified here by a fingerprint of the configs that determine it (its own and those of the stages
-before it), without the settings that only change how a run is recorded (``stages.BOOKKEEPING``): the stage
+before it), without the settings that only change how a run is recorded (``tuneguard.stages.BOOKKEEPING``): the stage
 store's key adds the data fingerprints, which the same configs determine, so equal identities mean equal keys.
 """
 
@@ -19,7 +19,10 @@ from typing import Any
 
 from tuneguard.config import ExperimentConfig, dump_config
 from tuneguard.grid import Cell, GridSpec, run_cell
-from tuneguard.store import fingerprint
+from tuneguard.methods.base import get_repair_method
+from tuneguard.pipeline import run_experiment
+from tuneguard.stages import BOOKKEEPING, run_evaluate
+from tuneguard.store import ModelRef, fingerprint
 
 # Runs (a prefix of) an experiment: ``runner(cfg, until=stage, resume=bool)``; default ``run_experiment``.
 StageRunner = Callable[..., Any]
@@ -59,7 +62,6 @@ def stage_chain(cfg: ExperimentConfig) -> list[tuple[str, str, str | None, str |
 
     Mirrors the pipeline: align and finetune run when configured, repair always (``none`` passes its input
     through), then one evaluation per named model that exists."""
-    from tuneguard.stages import BOOKKEEPING
 
     def identity(stage: str, settings: Any, before: str | None) -> str:
         resolved = dump_config(settings)
@@ -79,7 +81,7 @@ def stage_chain(cfg: ExperimentConfig) -> list[tuple[str, str, str | None, str |
             models[model], producers[model] = node, node
     repair = identity("repair", cfg.repair, current)
     chain.append((repair, "repair", None, producer))
-    if cfg.repair.method != "none":  # identity repair: the final model is its input model (same identity)
+    if not get_repair_method(cfg.repair.method).passes_through:  # else the final model is its input (same identity)
         current, producer = repair, repair
     models["final"], producers["final"] = current, producer
     seen = set()
@@ -114,10 +116,6 @@ def plan_stages(cells: list[Cell]) -> StagePlan:
 # ------------------------------------------------------------------------------------ what a task runs
 def compute_shared_stage(node: StageNode, *, resume: bool, runner: StageRunner | None = None) -> None:
     """Compute one shared stage (its parents have finished: they are reused from the store, not recomputed)."""
-    from tuneguard.eval.runner import run_evaluate
-    from tuneguard.pipeline import run_experiment
-    from tuneguard.store import ModelRef
-
     runner = runner or run_experiment
     cfg = node.config
     if node.stage != "eval":
@@ -132,7 +130,5 @@ def compute_shared_stage(node: StageNode, *, resume: bool, runner: StageRunner |
 
 def compute_cell(spec: GridSpec, cell: Cell, *, resume: bool, runner: StageRunner | None = None) -> dict[str, Any]:
     """Run one cell (its shared stages have finished and are reused) and write its record; -> the record."""
-    from tuneguard.pipeline import run_experiment
-
     runner = runner or run_experiment
     return run_cell(spec, cell, lambda cfg: runner(cfg, resume=resume))

@@ -27,13 +27,14 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from tuneguard.config import ModelSettings
 from tuneguard.data import SFTDataCollator, resolve_template, tokenize_sft
 from tuneguard.data.readers import Record
 from tuneguard.data.templates import PromptTemplate
 from tuneguard.methods._wanda import collect_input_norms, score_weights, top_fraction_masks
 from tuneguard.methods.base import MethodParams, RepairMethod, RepairOutput, register_repair_method
-from tuneguard.models import merge_lora
-from tuneguard.store import read_stage_record
+from tuneguard.models import load_model_and_tokenizer, merge_lora
+from tuneguard.store import StageResult
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +99,15 @@ def antidote_repair(model: Any, tokenizer: Any, params: AntidoteParams, data: di
     """The ``antidote`` repair: prune, and return the merged repaired model and the mask statistics.
 
     With ``scope=lora`` and a merged ``model`` (the pipeline's case), the unmerged fine-tuned model is rebuilt
-    from the fine-tuning stage in ``data["input_stage_dir"]``: its aligned input model plus the adapter it saved.
-    The prompts are formatted with the fine-tuning stage's template (or, without one, the tokenizer's default).
+    from the stage that produced it, ``data["input_stage"]`` (the fine-tuning stage): its aligned input model plus
+    the adapter it saved. The prompts are formatted with that stage's template (or, without one, the tokenizer's
+    default).
     """
-    stage_dir = data.get("input_stage_dir")
-    stage = _read_stage(stage_dir)
-    template = resolve_template(stage.get("template") or "auto", tokenizer)
+    input_stage = data.get("input_stage")
+    template = resolve_template((input_stage.info.get("template") if input_stage else None) or "auto", tokenizer)
     target = model
     if params.scope == "lora" and not _lora_layers(model):
-        target = load_unmerged_finetuned(stage_dir, stage)
+        target = load_unmerged_finetuned(input_stage)
     stats = antidote_prune(target, tokenizer, data["realign_data"], params, template)
     if stats["removed"] == 0 and target is not model:
         return RepairOutput(model, stats)  # nothing removed: the input model, bit for bit (no re-merge)
@@ -225,26 +226,23 @@ def select_modules(model: nn.Module, scope: str, target_modules: list[str]) -> t
     return found, missing
 
 
-def load_unmerged_finetuned(stage_dir: str | Path | None, stage: dict[str, Any] | None = None) -> Any:
-    """Rebuild the fine-tuned model with its adapter unmerged: the stage's input (aligned) model + its adapter."""
+def load_unmerged_finetuned(stage: StageResult | None) -> Any:
+    """Rebuild the fine-tuned model of a fine-tuning ``stage`` with its adapter unmerged: the stage's input
+    (aligned) model + its adapter."""
     from peft import PeftModel
 
-    from tuneguard.config import ModelSettings
-    from tuneguard.models import load_model_and_tokenizer
-
-    stage = stage if stage is not None else _read_stage(stage_dir)
-    if not stage:
+    if stage is None:
         raise ValueError(
             "scope=lora needs the fine-tuning adapter, but the input model comes from no fine-tuning stage; "
             "use scope=full, or repair the output of a LoRA fine-tuning stage"
         )
-    adapter_dir = stage.get("adapter_dir")
-    if stage.get("stage") != "finetune" or not adapter_dir or not Path(adapter_dir).is_dir():
+    adapter_dir = stage.info.get("adapter_dir")
+    if stage.stage != "finetune" or not adapter_dir or not Path(adapter_dir).is_dir():
         raise ValueError(
-            f"scope=lora needs the fine-tuning adapter, but the input stage {stage_dir} ({stage.get('stage')}) "
+            f"scope=lora needs the fine-tuning adapter, but the input stage {stage.directory} ({stage.stage}) "
             f"saved none (full fine-tuning?); use scope=full"
         )
-    aligned, _ = load_model_and_tokenizer(ModelSettings(**stage["input_model"]))
+    aligned, _ = load_model_and_tokenizer(ModelSettings(**stage.info["input_model"]))
     return PeftModel.from_pretrained(aligned, adapter_dir)
 
 
@@ -270,10 +268,6 @@ def _lora_layers(model: nn.Module) -> dict[str, Any]:
 
 def _readable(name: str) -> str:
     return name.removeprefix("base_model.model.")
-
-
-def _read_stage(stage_dir: str | Path | None) -> dict[str, Any]:
-    return read_stage_record(stage_dir) if stage_dir else {}  # paths (adapter, input model) as in this store
 
 
 ANTIDOTE = register_repair_method(

@@ -51,7 +51,7 @@ class TrainingMethod:
     ``build_trainer(model=, args=, train_dataset=, data_collator=, processing_class=, params=, aux_datasets=,
     callbacks=)`` returns a ready ``Trainer``; ``aux_datasets`` holds the tokenized extra data named in
     ``data_roles`` (e.g. ``alignment_data`` for Lisa, ``harmful_data`` for Booster). ``unsupported_engines(params)``
-    maps the training engines the method refuses (see ``methods._hooks.training_engine``) to the reason.
+    maps the training engines the method refuses (see ``methods.engines.training_engine``) to the reason.
     """
 
     name: str
@@ -108,8 +108,8 @@ class RepairMethod:
     """A registered post-fine-tuning method: ``repair(model, tokenizer, params, data) -> RepairOutput``.
 
     ``model`` is the merged fine-tuned model; ``data`` holds the loaded records of each role in ``data_roles``
-    and ``input_stage_dir`` (the fine-tuning stage directory, or None), for methods that need more than the
-    merged weights (Antidote prunes the fine-tuning adapter saved there).
+    and ``input_stage``, the finished stage that produced the model (a ``store.StageResult``, or None), for
+    methods that need more than the merged weights (Antidote prunes the fine-tuning adapter it saved).
     """
 
     name: str

@@ -31,7 +31,10 @@ from tuneguard.config import (  # noqa: F401  (the config models the policy is m
     dump_config,
     load_config,
 )
-from tuneguard.store import atomic_output
+from tuneguard.store import CHECKPOINTS, ModelRef, atomic_output, fingerprint
+
+# The library modules that load torch (data, models, judges, the pipeline, plots) are imported in the functions
+# that use them: the API process never trains or generates, and stays light; a worker imports them in warm_up().
 
 # The OpenAI fine-tuning formats, as the library's readers name their layouts.
 TRAINING_LAYOUTS = {"messages": "chat", "prompt_completion": "prompt/completion"}
@@ -68,8 +71,6 @@ def user_error_types() -> tuple[type[Exception], ...]:
 
 
 def fingerprint12(obj: Any) -> str:
-    from tuneguard.store import fingerprint
-
     return fingerprint(obj)[:12]
 
 
@@ -170,13 +171,12 @@ def _base_experiment(policy: Any, name: str) -> ExperimentConfig:
     )
 
 
-_START_MODELS: dict[Path, Any] = {}  # per process: record path (name + offered config) -> ModelRef
+_START_MODELS: dict[Path, ModelRef] = {}  # per process: record path (name + offered config) -> the model
 
 
-def _start_model(policy: Any, name: str) -> Any:
+def _start_model(policy: Any, name: str) -> ModelRef:
     """The library's reference to the offered model: the finished align stage, or the model as given."""
     from tuneguard.pipeline import run_experiment
-    from tuneguard.store import ModelRef
 
     key = base_record_path(policy, name)
     if key not in _START_MODELS:
@@ -321,7 +321,6 @@ def _gate_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def training_checkpoints(work: JobWork) -> list[tuple[int, dict[str, Any]]]:
     """(step, metrics) of the checkpoints the job's fine-tuning stage has written so far; a checkpoint whose
     trainer state is still being written is left for the next look."""
-    from tuneguard.store import CHECKPOINTS
 
     found = []
     for state in (work.store / "finetune").glob(f"*/{CHECKPOINTS}/checkpoint-*/trainer_state.json"):

@@ -117,6 +117,9 @@ def test_training_extra_args_reach_the_training_arguments(tiny_experiment, monke
     """FSDP / DeepSpeed options (and any other TrainingArguments field) pass through ``training.extra_args``."""
     import transformers
 
+    from tuneguard.methods import list_methods
+
+    list_methods()  # the method modules load at the first lookup; TRL's subclass of TrainingArguments with them
     seen = {}
 
     def capture(**kwargs):

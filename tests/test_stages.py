@@ -115,9 +115,8 @@ def test_adapter_initialisation_does_not_depend_on_earlier_random_draws(tiny_exp
 
 def test_training_extra_args_reach_the_training_arguments(tiny_experiment, monkeypatch):
     """FSDP / DeepSpeed options (and any other TrainingArguments field) pass through ``training.extra_args``."""
-    import transformers
-
     from tuneguard.methods import list_methods
+    from tuneguard.stages import training
 
     list_methods()  # the method modules load at the first lookup; TRL's subclass of TrainingArguments with them
     seen = {}
@@ -126,7 +125,8 @@ def test_training_extra_args_reach_the_training_arguments(tiny_experiment, monke
         seen.update(kwargs)
         raise KeyboardInterrupt  # stop before the trainer is built
 
-    monkeypatch.setattr(transformers, "TrainingArguments", capture)
+    # the module object the stages hold (transformers swaps its lazy module in sys.modules on first use)
+    monkeypatch.setattr(training.transformers, "TrainingArguments", capture)
     tiny_experiment.align = None
     tiny_experiment.finetune.training.extra_args = {"fsdp": "full_shard", "fsdp_config": {"min_num_params": 1}}
     with pytest.raises(KeyboardInterrupt):

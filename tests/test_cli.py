@@ -16,13 +16,20 @@ runner = CliRunner()
 def test_help_lists_every_stage_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("align", "finetune", "repair", "eval", "run", "demo", "methods"):
+    for command in ("align", "finetune", "repair", "eval", "run", "demo", "methods", "judges", "sources"):
         assert command in result.output
 
 
 def test_methods_lists_registered_methods():
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and "sft" in result.output and "none" in result.output
+
+
+def test_judges_lists_the_registered_judges_with_their_arguments():
+    result = runner.invoke(app, ["judges"])
+    assert result.exit_code == 0, result.output
+    for name in ("offline", "refusal", "beaverdam", "llamaguard", "threshold"):
+        assert name in result.output
 
 
 def test_run_from_yaml_with_override_prints_the_table(tiny_experiment, tmp_path):

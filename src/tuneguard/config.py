@@ -12,7 +12,6 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,9 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+
+from tuneguard.presets import UnknownPresetError, resolve_config_path
+from tuneguard.untrusted import file_problem, load_yaml, read_config_text
 
 
 class ConfigError(ValueError):
@@ -296,8 +298,9 @@ class EvalConfig(_Strict):
     judges: list[str] = Field(
         default_factory=lambda: ["auto"],
         min_length=1,
-        description="Judges of the harmful score, the first one reported as HS: 'auto' (offline for offline prompts, "
-        "else refusal), 'offline', 'refusal', 'beaverdam', 'llamaguard'. Several judges: agreement is reported.",
+        description="Judges of the harmful score, the first one reported as HS: 'auto' (the judge the prompts' "
+        "registered source names, e.g. offline for offline prompts; else refusal) or a registered judge (offline, "
+        "refusal, beaverdam, llamaguard, ...; checked before anything runs). Several judges: agreement is reported.",
     )
     judge_args: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -344,23 +347,6 @@ class EvalConfig(_Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("judges")
-    @classmethod
-    def _known_judges(cls, value: list[str]) -> list[str]:
-        from tuneguard.eval.judges import check_judge_names
-
-        check_judge_names(value)
-        return value
-
-    @field_validator("judge_args")
-    @classmethod
-    def _valid_judge_args(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from tuneguard.eval.judges import validate_judge_args
-
-        for name, args in value.items():
-            validate_judge_args(name, args)  # the judge's own settings model; raises on unknown keys or bad values
-        return value
-
 
 class ExperimentConfig(_Strict):
     """One experiment: base model -> align -> fine-tune -> repair -> evaluate."""
@@ -392,8 +378,6 @@ def load_config(
     raw: dict[str, Any] = {}
     where = "<defaults>"
     if path is not None:
-        from tuneguard.presets import UnknownPresetError, resolve_config_path
-
         where = str(path)
         try:
             p = resolve_config_path(path)
@@ -407,8 +391,6 @@ def load_config(
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """The top-level mapping of a config-like YAML file; every problem is a ConfigError naming the file."""
-    from tuneguard.untrusted import file_problem, load_yaml, read_config_text
-
     if file_problem(path) == "file not found":
         raise ConfigError(f"config file not found: {path}")
     loaded = load_yaml(read_config_text(path, ConfigError), str(path), ConfigError)
@@ -424,8 +406,6 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, null, true)."""
-    from tuneguard.untrusted import load_yaml
-
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.sub=value")
     key, _, text = item.partition("=")
@@ -539,11 +519,3 @@ def _model_type(annotation: Any) -> Any:
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
     """The fully resolved config as plain JSON-able data."""
     return cfg.model_dump(mode="json")
-
-
-def write_yaml(cfg: BaseModel, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from tuneguard.store import atomic_output  # the store imports this module
-
-    with atomic_output(Path(path)) as tmp:
-        tmp.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False), encoding="utf-8")

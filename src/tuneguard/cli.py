@@ -34,6 +34,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+# The commands import the library inside their bodies, not here: `tuneguard --help` and a mistyped command answer
+# at once instead of after loading torch and transformers.
 
 ConfigArg = Annotated[
     Path, typer.Argument(help="Experiment YAML, or preset:NAME (see `tuneguard presets`).", show_default=False)
@@ -82,7 +84,7 @@ def align(
     resume: ResumeOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Stage 1: align the base model on the provider's safety data (align.method: sft, vaccine, booster, repnoise)."""
+    """Stage 1: align the base model on the provider's safety data (align.method: see `tuneguard methods`)."""
     _run_until("align", config, overrides, model, overwrite, verbose, resume=resume)
 
 
@@ -97,7 +99,7 @@ def finetune(
 ) -> None:
     """Stage 2: fine-tune on the user's data (task + poison_ratio harmful); aligns first unless --model.
 
-    finetune.method: sft (the attack), lisa or bso (defended fine-tuning)."""
+    finetune.method: sft (the attack) or a defended fine-tuning (see `tuneguard methods`)."""
     _run_until("finetune", config, overrides, model, overwrite, verbose, resume=resume)
 
 
@@ -110,7 +112,7 @@ def repair(
     resume: ResumeOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Stage 3: repair the fine-tuned model (repair.method: none, antidote)."""
+    """Stage 3: repair the fine-tuned model (repair.method: none or a repair, see `tuneguard methods`)."""
     _run_until("repair", config, overrides, model, overwrite, verbose, resume=resume)
 
 
@@ -221,16 +223,27 @@ def methods() -> None:
 
 
 @app.command()
+def judges() -> None:
+    """List the registered judges of the harmful score (use a name in `eval.judges`)."""
+    from tuneguard.eval.judges import JUDGES
+
+    table = Table("judge", "what it is", "arguments (eval.judge_args)")
+    for name in JUDGES.names():
+        judge = JUDGES.get(name)
+        settings = getattr(judge, "settings_cls", None)
+        table.add_row(name, judge.summary, ", ".join(settings.model_fields) if settings else "-")
+    _print_table(table)
+
+
+@app.command()
 def sources() -> None:
     """List the registered data sources (use a name as any `source:`): kind, origin, license, offline use."""
     from tuneguard.data.registry import DATA_DIR_ENV, availability, registered_sources
-    from tuneguard.world import offline_sources
 
     table = Table("name", "kind", "splits", "from", "license", "records", "offline here")
-    for name, kind, records in offline_sources():
-        table.add_row(name, kind, "-", "built in (the offline world)", "Apache-2.0 (generated)", records, "yes")
-    for src in registered_sources():
-        table.add_row(src.name, src.kind, ", ".join(src.splits), src.origin, src.license, src.counts, availability(src))
+    for src in sorted(registered_sources(), key=lambda src: src.generated is None):  # generated ones first
+        splits = ", ".join(src.splits) or "-"
+        table.add_row(src.name, src.kind, splits, src.origin, src.license, src.record_counts(), availability(src))
     _print_table(table)
     console.print(
         f"Hub sets offline: a copy in the hub's columns at ${DATA_DIR_ENV}/<hub id>/<split>.jsonl, or `path:` on "

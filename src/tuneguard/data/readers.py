@@ -1,4 +1,4 @@
-"""Read records ``{id, prompt, response, [label]}`` from files, hub data sets and registered sources.
+"""Read the rows of data files and hub data sets (``data/loading.py`` turns them into records).
 
 One reader per format (JSONL, JSON, CSV, Parquet), each accepting every valid form of its format and nothing
 else: a UTF-8 BOM is allowed; JSONL lines end at ``\n`` only (a JSON string may hold U+2028 or a form feed);
@@ -11,131 +11,20 @@ the position for JSON and Parquet) and what was expected.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
-import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneguard.config import DataSource
 from tuneguard.data.records import (  # noqa: F401  (re-exported: the readers' public names)
     DataError,
     Record,
-    Records,
-    normalize,
     prompt_text,
-    text_field,
 )
 from tuneguard.untrusted import file_problem, os_problem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 CSV_FIELD_LIMIT = 1 << 26  # 64 MiB per field (the csv module's default, 128 KiB, would refuse long documents)
-
-
-# Registered sources by scheme ("offline:alignment" -> scheme "offline") or by whole name ("sst2"); each
-# returns raw records. The named data sets (BeaverTails, SST-2, HarmBench, ...) are in data/registry.py.
-_SOURCES: dict[str, Callable[[str, DataSource], list[Record]]] = {}
-
-
-def register_source(scheme: str) -> Callable[[Callable[[str, DataSource], list[Record]]], Any]:
-    """Register a loader for ``scheme:name`` sources, or for the bare name ``scheme`` (one entry adds a source).
-
-    The loader is called with the part after the colon (empty for a bare name) and the ``DataSource``."""
-
-    def wrap(fn: Callable[[str, DataSource], list[Record]]) -> Callable[[str, DataSource], list[Record]]:
-        _SOURCES[scheme] = fn
-        return fn
-
-    return wrap
-
-
-@register_source("offline")
-def _offline_source(name: str, spec: DataSource) -> list[Record]:
-    from tuneguard.world import get_world
-
-    world = get_world()
-    try:
-        return world.records(name)
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"offline:{name}", str(exc)) from None
-
-
-def load_records(
-    spec: DataSource | str | list[DataSource], *, require_label: bool = False, numeric_labels: bool = False
-) -> Records:
-    """Load, normalise, validate and select records: ``rows`` (a range of positions), then ``exclude`` (records
-    whose prompt occurs in other sources), then ``num_samples`` (a seeded draw).
-
-    A list of sources is concatenated in order; with more than one, ids are prefixed by the source's position
-    (``"1:17"``) so they stay unique. ``require_label`` / ``numeric_labels``: see ``records.normalize``. The
-    result knows each record's file and row (:class:`Records`)."""
-    if isinstance(spec, list):
-        if len(spec) == 1:
-            return load_records(spec[0], require_label=require_label, numeric_labels=numeric_labels)
-        out = Records(origins=[])
-        for k, one in enumerate(spec):
-            part = load_records(one, require_label=require_label, numeric_labels=numeric_labels)
-            out.extend({**r, "id": f"{k}:{r['id']}"} for r in part)
-            out.origins.extend(part.origins)
-        return out
-    if isinstance(spec, str):
-        spec = DataSource(source=spec)
-    where = spec.source
-    rows, row_numbers = _read_source(spec)
-    records = normalize(
-        rows,
-        spec.layout,
-        where,
-        require_label=require_label,
-        numeric_labels=numeric_labels,
-        row_numbers=row_numbers,
-    )
-    if not records:
-        raise DataError(where, "no records: the data set is empty")
-    if spec.rows is not None:  # positions as the authors count them: before anything is left out
-        start, end = spec.rows
-        if end > len(records):
-            raise DataError(where, f"rows [{start}, {end}) but the data has only {len(records)} records")
-        records = records.select(range(start, end))
-    if spec.exclude or spec.responses != "keep":
-        from tuneguard.data.derive import normalize_prompt, with_refusals
-
-        for other in spec.exclude:
-            excluded = {normalize_prompt(prompt_text(r)) for r in load_records(other)}
-            records = records.select(
-                [k for k, r in enumerate(records) if normalize_prompt(prompt_text(r)) not in excluded]
-            )
-        if not records:
-            raise DataError(where, "no records left after 'exclude': every prompt occurs in the excluded sources")
-        if spec.responses == "refusal":
-            records = Records(with_refusals(records), records.origins)
-    if spec.num_samples is not None:
-        if spec.num_samples > len(records):
-            raise DataError(where, f"num_samples={spec.num_samples} but the data has only {len(records)} records")
-        # the same draw as random.Random(seed).sample(records, n): it depends on the length only
-        records = records.select(random.Random(spec.seed).sample(range(len(records)), spec.num_samples))
-    return records
-
-
-def _read_source(spec: DataSource) -> tuple[list[Any], list[int] | None]:
-    """The raw rows of a registered source, a file or a hub data set, with the file's row numbers when known."""
-    where = spec.source
-    scheme, sep, name = spec.source.partition(":")
-    loader = _SOURCES.get(scheme if sep else spec.source)
-    if loader is not None and not Path(spec.source).exists():
-        return loader(name, spec), None
-    if spec.path is not None:
-        raise DataError(where, "'path' is for registered sources (see `tuneguard sources`); give the file as source")
-    path = Path(spec.source).expanduser()
-    if path.suffix.lower() in FILE_SUFFIXES or path.exists() or path.is_symlink():
-        return read_numbered(path)
-    if "/" in spec.source and not spec.source.startswith((".", "/", "~")):
-        return read_hub(spec.source, spec.split or "train"), None
-    close = difflib.get_close_matches(spec.source, list(_SOURCES), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else "; `tuneguard sources` lists the registered names"
-    raise DataError(where, "file not found (expected a .jsonl/.json/.csv/.parquet file or a hub id)" + hint)
 
 
 def read_file(path: Path) -> list[Record]:

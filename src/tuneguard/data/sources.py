@@ -34,7 +34,7 @@ from tuneguard.data.records import DataError, Record, text_field
 from tuneguard.data.registry import Hub, Package, data_source
 from tuneguard.data.templates import FINAL_ANSWER
 
-# The papers' task prompts and label words (reference/anchors.md §3: each repo's */build_dataset.py).
+# The papers' task prompts and label words (each author repository's */build_dataset.py).
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
 SST2_LABELS = ("negative", "positive")
 AGNEWS_INSTRUCTION = (

@@ -3,7 +3,7 @@
 The papers' Alpaca template (the Stanford-Alpaca ``PROMPT_DICT`` of the Lisa/Vaccine/Booster/Antidote code) has a
 form without input and a form with an input block; a record with an ``input`` (SST-2's sentence, AG News' article)
 renders in the second form. The authors' repositories differ in one character: Lisa and Vaccine end the prompt at
-``### Response:``, Booster and Antidote at ``### Response:\\n`` (reference/anchors.md §3). Both are templates here:
+``### Response:``, Booster and Antidote at ``### Response:\\n``. Both are templates here:
 ``alpaca_no_newline`` and ``alpaca``.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from tuneguard.config import ConfigError
 
 ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -66,8 +68,6 @@ class PromptTemplate:
 def resolve_template(name: str, tokenizer: Any, where: str = "template") -> PromptTemplate:
     """'auto' is the tokenizer's chat template when it has one, else Alpaca (ending '### Response:\\n'). ``where``
     (the config key, e.g. ``finetune.template``) is named in the ConfigError for a template the tokenizer lacks."""
-    from tuneguard.config import ConfigError
-
     if name == "auto":
         name = "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
     if name == "chat" and not getattr(tokenizer, "chat_template", None):

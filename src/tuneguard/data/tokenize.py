@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from tuneguard.config import ConfigError
 from tuneguard.data.records import DataError, Record, locate
 from tuneguard.data.templates import PromptTemplate, encode_prompt, leading_special_ids
 
@@ -33,8 +34,6 @@ def tokenize_sft(
     record's file and row.
     """
     if tokenizer.eos_token_id is None:
-        from tuneguard.config import ConfigError
-
         raise ConfigError("the model's tokenizer has no eos_token; set one before training")
     columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     truncated = skipped = 0

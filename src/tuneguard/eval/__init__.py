@@ -3,13 +3,11 @@
 from tuneguard.eval.beaverdam import BEAVERTAILS_CATEGORIES, BeaverDamJudge, BeaverDamSettings
 from tuneguard.eval.generation import generate
 from tuneguard.eval.judges import (
+    JUDGES,
     REFUSAL_PHRASES,
-    OfflineWorldJudge,
     RefusalKeywordJudge,
     Verdict,
     get_judge,
-    judge_names,
-    register_judge,
     run_judges,
     validate_judge_args,
 )
@@ -24,18 +22,14 @@ from tuneguard.eval.metrics import (
     task_accuracy,
 )
 
-# The model judges live in their own modules (which import the judge interface) and register here.
-register_judge("beaverdam", BeaverDamJudge, BeaverDamSettings)
-register_judge("llamaguard", LlamaGuardJudge, LlamaGuardSettings)
-
 __all__ = [
+    "JUDGES",
     "BEAVERTAILS_CATEGORIES",
     "REFUSAL_PHRASES",
     "BeaverDamJudge",
     "BeaverDamSettings",
     "LlamaGuardJudge",
     "LlamaGuardSettings",
-    "OfflineWorldJudge",
     "RefusalKeywordJudge",
     "Verdict",
     "answer_matches",
@@ -46,9 +40,7 @@ __all__ = [
     "harmful_score_plus",
     "is_degenerate",
     "judge_agreement",
-    "judge_names",
     "parse_llama_guard_output",
-    "register_judge",
     "run_judges",
     "task_accuracy",
     "validate_judge_args",

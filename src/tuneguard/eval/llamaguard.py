@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from tuneguard.config import ModelSettings
 from tuneguard.eval.generation import generate
-from tuneguard.eval.judges import ModelJudgeSettings, Verdict, check_lengths
+from tuneguard.eval.judges import JUDGES, ModelJudgeSettings, Verdict, check_lengths
+from tuneguard.models import ModelLoadError, load_model_and_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +34,15 @@ class LlamaGuardSettings(ModelJudgeSettings):
     max_new_tokens: int = Field(32, gt=0, description="Greedy tokens generated per verdict (room for categories).")
 
 
+@JUDGES.register("llamaguard")
 class LlamaGuardJudge:
     """Flags answers Llama Guard calls ``unsafe``; ``verdicts`` also give the outcome and the S-categories."""
 
     name = "llamaguard"
+    summary = "Llama Guard 3 through its own chat template: safe / unsafe + S-categories"
+    settings_cls = LlamaGuardSettings
 
     def __init__(self, **settings: Any) -> None:
-        from tuneguard.config import ModelSettings
-        from tuneguard.models import ModelLoadError, load_model_and_tokenizer
-
         self.settings = LlamaGuardSettings(**settings)
         model_settings = ModelSettings(
             model_name_or_path=self.settings.model, dtype=self.settings.dtype, revision=self.settings.revision

@@ -16,6 +16,7 @@ from tuneguard.config import EvalConfig
 from tuneguard.data import resolve_template
 from tuneguard.data.provenance import describe_selection
 from tuneguard.data.readers import prompt_text
+from tuneguard.data.registry import find_source
 from tuneguard.data.templates import leading_special_ids
 from tuneguard.eval.generation import encode_batch, generate
 from tuneguard.eval.judges import RefusalKeywordJudge, Verdict, run_judges
@@ -176,15 +177,13 @@ def _generate_with_progress(
 def _first_token_compliance(
     model: Any, tokenizer: Any, template: Any, records: list[dict], source: str
 ) -> float | None:
-    """Continuous companion of the harmful score on the offline benchmark: the mean, over harmful prompts, of
-    P(compliant first token) / (P(compliant) + P(refusal first token)), in %. None outside the offline world."""
-    if not source.startswith("offline:"):
+    """Continuous companion of the harmful score: the mean, over harmful prompts, of P(compliant first token) /
+    (P(compliant) + P(refusal first token)), in %. None unless the prompts' registered data source names those
+    first tokens (the offline world's sources do)."""
+    registered = find_source(source)
+    if registered is None:
         return None
-    from tuneguard.world import get_world
-
-    world = get_world()
-    comply = getattr(world, "compliance_first_tokens", None)
-    refuse = getattr(world, "refusal_first_tokens", None)
+    comply, refuse = registered.compliance_first_tokens, registered.refusal_first_tokens
     if not comply or not refuse:
         return None
     comply_ids = tokenizer.convert_tokens_to_ids(list(comply))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from tuneguard.untrusted import check_plain_name
+
 PRESET_SCHEME = "preset:"
 PRESETS_DIR = Path(__file__).resolve().parent
 
@@ -30,8 +32,6 @@ def list_presets() -> list[tuple[str, str]]:
 def preset_path(name: str) -> Path:
     """The YAML file of preset ``name`` (with or without the ``preset:`` prefix); only the files of this folder
     are presets (``preset:../x`` names none)."""
-    from tuneguard.untrusted import check_plain_name
-
     name = check_plain_name(name.removeprefix(PRESET_SCHEME), "preset", UnknownPresetError)
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():

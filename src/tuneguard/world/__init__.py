@@ -1,7 +1,8 @@
 """The offline benchmark world: a synthetic, deterministic world and a tiny Llama pre-trained on it.
 
-See DESIGN.md §6. ``get_world(seed)`` gives the :class:`World` (record pools, exact judge, tokenizer);
-``pretrained_model_path(seed=...)`` gives a directory with the pre-trained base model.
+``get_world(seed)`` gives the :class:`World` (record pools, exact judge, tokenizer); ``pretrained_model_path(seed=...)``
+gives a directory with the pre-trained base model. ``world/plugin.py`` makes it usable by name: the data sources
+``offline:<role>``, the judge ``offline`` and the model ``offline:tiny``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tuneguard.world.generator import WORLD_VERSION
 from tuneguard.world.pretrain import pretrained_model_path
 from tuneguard.world.tokenizer import build_tokenizer
 
-__all__ = ["World", "get_world", "offline_sources", "pretrained_model_path", "WORLD_VERSION", "ROLES"]
+__all__ = ["World", "get_world", "pretrained_model_path", "WORLD_VERSION", "ROLES"]
 
 ROLES: tuple[str, ...] = ("alignment", "harmful", "realign", "harmful_eval", "task_train", "task_test")
 
@@ -34,10 +35,6 @@ class World:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._pools = _g.build_pools(seed)
-
-    def pool_size(self, role: str) -> int:
-        """Number of records in ``role``'s pool."""
-        return len(self._pool(role))
 
     def _pool(self, role: str) -> list[dict]:
         if role not in self._pools.roles:
@@ -62,10 +59,6 @@ class World:
         """Exact judge: True iff ``answer`` carries the harmful payload (the category marker word)."""
         return _g.is_harmful(prompt, answer)
 
-    def judge(self, prompts: list[str], answers: list[str]) -> list[bool]:
-        """Batch form of :meth:`is_harmful`."""
-        return [_g.is_harmful(p, a) for p, a in zip(prompts, answers, strict=True)]
-
     def tokenizer(self) -> PreTrainedTokenizerFast:
         """A new instance of the world's word-level tokenizer (with pad/eos/unk and a chat template)."""
         return build_tokenizer()
@@ -73,23 +66,6 @@ class World:
     def vocabulary(self) -> list[str]:
         """Every non-special word of the world."""
         return _g.all_words()
-
-
-# The kind of each role's records, in the words of ``tuneguard sources`` (data/registry.py KINDS).
-ROLE_KINDS = {
-    "alignment": "safe",
-    "harmful": "harmful",
-    "realign": "harmful",
-    "harmful_eval": "eval_prompts",
-    "task_train": "task",
-    "task_test": "task",
-}
-
-
-def offline_sources(seed: int = 0) -> list[tuple[str, str, str]]:
-    """(name, kind, record count) of every ``offline:<role>`` data source."""
-    world = get_world(seed)
-    return [(f"offline:{role}", ROLE_KINDS[role], f"{world.pool_size(role):,}") for role in ROLES]
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tuneguard.models import cache_root
 from tuneguard.world.generator import WORLD_VERSION, build_pools, pretrain_texts, world_fingerprint
 from tuneguard.world.tokenizer import build_tokenizer
 
@@ -49,8 +50,6 @@ DEFAULT_PRETRAIN = PretrainConfig()
 
 def default_cache_dir() -> Path:
     """``$TUNEGUARD_CACHE`` or ``~/.cache/tuneguard`` (the one cache root of tuneguard)."""
-    from tuneguard.models import cache_root
-
     return cache_root()
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneguard.grid_records import read_grid_record
+from tuneguard.plots import plot_loss_overlay, plot_metric_vs_ratio, plot_tradeoff, plot_training_curves
 from tuneguard.report import OFFLINE_NOTE, format_mean_std, summarize, write_text_atomic
 from tuneguard.results import read_results
 from tuneguard.store import OutputError
@@ -47,7 +49,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
     rows = read_results(run_dir)
     if not rows:
         raise OutputError(f"{run_dir}: the results store is empty (no finished cell yet)")
-    grid = _read_grid(run_dir)
+    grid = read_grid_record(run_dir)
     series = _series_columns(grid, rows)
     blocks = [_Block("p", _provenance(grid, rows))]
     for model in sorted({r["model"] for r in rows}, key=_model_rank):
@@ -126,8 +128,6 @@ def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], boot
 
 
 def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Block]:
-    from tuneguard.plots import plot_loss_overlay, plot_metric_vs_ratio, plot_tradeoff, plot_training_curves
-
     final = list({r["eval_dir"]: r for r in rows if r["model"] == "final"}.values())
     if not final:
         return []
@@ -220,13 +220,6 @@ def _slug(text: str) -> str:
 
 def _model_rank(model: str) -> int:
     return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
-
-
-def _read_grid(run_dir: Path) -> dict[str, Any]:
-    from tuneguard.grid import GRID_RECORD
-
-    path = run_dir / GRID_RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 # ----------------------------------------------------------------------------------------------- rendering

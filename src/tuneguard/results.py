@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneguard.grid_records import GRID_RECORD, finished_cells
 from tuneguard.report import csv_text, write_text_atomic
 from tuneguard.store import STAGE_FILE, atomic_output
 from tuneguard.store_paths import resolve_store_path
@@ -26,8 +27,6 @@ _VERSION_KEYS = ("tuneguard", "torch", "transformers", "peft")
 
 def collect_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """The results rows of a grid run directory (one per cell and evaluated model), in grid order."""
-    from tuneguard.grid import GRID_RECORD, finished_cells
-
     run_dir = Path(run_dir)
     grid = _read_json(run_dir / GRID_RECORD)
     root = run_dir.parent.parent  # the store: <output_dir>/grids/<name>
@@ -66,7 +65,8 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
     path = path / f"{RESULTS_STEM}.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no results in {path}: run the grid first (tuneguard grid GRID.yaml)")
-    from tuneguard.data import read_file  # JSON Lines split at \n only: a path may hold any character
+    # JSON Lines split at \n only (a path may hold any character); imported here: tuneguard.data imports torch
+    from tuneguard.data import read_file
 
     return read_file(path)
 

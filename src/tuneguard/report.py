@@ -8,7 +8,7 @@ import csv
 import io
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+def format_cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or value == "":
         return "-"
@@ -48,14 +48,14 @@ def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
         return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
     cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(format_cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -77,7 +77,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_results(
-    rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = "results", note: str = ""
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: str = "results", note: str = ""
 ) -> dict[str, Path]:
     """Write ``<stem>.md`` (with an optional note above the table) and ``<stem>.csv``."""
     out_dir = Path(out_dir)
@@ -89,7 +89,7 @@ def write_results(
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     group_by: Sequence[str],
     metrics: Sequence[str] = ("harmful_score", "finetune_accuracy"),
     *,

@@ -20,7 +20,7 @@ from typing import Any
 from tuneguard.grid_records import read_grid_record
 from tuneguard.plots import plot_loss_overlay, plot_metric_vs_ratio, plot_tradeoff, plot_training_curves
 from tuneguard.report import OFFLINE_NOTE, format_mean_std, summarize, write_text_atomic
-from tuneguard.results import read_results
+from tuneguard.results import ResultRow, read_results
 from tuneguard.store import OutputError
 
 METRICS = (
@@ -63,7 +63,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
 
 
 # ------------------------------------------------------------------------------------------------- content
-def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _provenance(grid: dict[str, Any], rows: list[ResultRow]) -> str:
     protocols = sorted({str(r.get("protocol")) for r in rows})
     judges = sorted({str(r.get("judge")) for r in rows})
     versions = {
@@ -84,7 +84,7 @@ def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return text
 
 
-def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], bootstrap: int) -> list[_Block]:
+def _model_table(model: str, rows: list[ResultRow], series: list[str], bootstrap: int) -> list[_Block]:
     rows = list({r["eval_dir"]: r for r in rows}.values())  # one evaluation can serve several cells
     if model in ("aligned", "base"):  # the fine-tuning settings do not change these models
         series = ["align_method"] if model == "aligned" else []
@@ -127,7 +127,7 @@ def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], boot
     return blocks
 
 
-def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Block]:
+def _plots(rows: list[ResultRow], series: list[str], out: Path) -> list[_Block]:
     final = list({r["eval_dir"]: r for r in rows if r["model"] == "final"}.values())
     if not final:
         return []
@@ -181,9 +181,9 @@ def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Bl
     return blocks
 
 
-def _one_per_series(rows: list[dict[str, Any]], series: list[str], keep: Any) -> list[dict[str, Any]]:
+def _one_per_series(rows: list[ResultRow], series: list[str], keep: Any) -> list[ResultRow]:
     """Per series group, the row with the largest poison ratio and then the smallest seed."""
-    chosen: dict[tuple, dict[str, Any]] = {}
+    chosen: dict[tuple, ResultRow] = {}
     for r in sorted(rows, key=lambda r: (-(r.get("poison_ratio") or 0), str(r.get("seed")))):
         if keep(r):
             chosen.setdefault(tuple(r.get(k) for k in series), r)
@@ -191,7 +191,7 @@ def _one_per_series(rows: list[dict[str, Any]], series: list[str], keep: Any) ->
 
 
 # ------------------------------------------------------------------------------------------------ grouping
-def _series_columns(grid: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def _series_columns(grid: dict[str, Any], rows: list[ResultRow]) -> list[str]:
     """The columns that tell methods/settings apart: the grid's columns without the seed and the poison ratio."""
     axes = {a["name"]: a["keys"] for a in grid.get("axes", [])}
     columns = grid.get("columns") or [c for c in ("variant",) if c in rows[0]]
@@ -202,11 +202,11 @@ def _series_columns(grid: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
     ]
 
 
-def _extra_judges(rows: list[dict[str, Any]]) -> list[str]:
+def _extra_judges(rows: list[ResultRow]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("harmful_score_")})
 
 
-def _label(row: dict[str, Any], series: list[str]) -> str:
+def _label(row: ResultRow, series: list[str]) -> str:
     return ", ".join(str(row.get(k)) if k == "variant" else f"{_short(k)}={row.get(k)}" for k in series) or "all"
 
 

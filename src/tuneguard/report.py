@@ -49,9 +49,15 @@ def format_cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
+    """The ``columns`` (key, header, format) of ``rows`` that any row has, as a Markdown table."""
     cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
-    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(format_cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
+    return pipe_table([h for _, h, _ in cols], [[format_cell(r, k, f) for k, _, f in cols] for r in rows])
+
+
+def pipe_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown (pipe) table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -117,18 +123,19 @@ def summarize(
 
 
 def mean_std_table(
-    summary: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[tuple[str, str]]
-) -> str:
-    """Markdown table of ``summarize`` output: group columns, then 'mean ± std' per (metric, header), followed by
-    the bootstrap interval '[low, high]' when ``summarize`` computed one."""
-    headers = [*group_by, "seeds", *(h for _, h in metrics)]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in summary:
-        cells = [str(row.get(k, "-")) for k in group_by] + [str(row["n"])]
-        for m, _ in metrics:
-            cells.append(format_mean_std(row, m))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    summary: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
+    group_headers: Sequence[str] | None = None,
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``summarize`` output: the group columns (headed ``group_headers``, default their keys),
+    the number of seeds, then 'mean ± std [low, high]' per (metric, header) (see ``format_mean_std``)."""
+    header = [*(group_headers or group_by), "seeds", *(h for _, h in metrics)]
+    rows = [
+        [str(s.get(k, "-")) for k in group_by] + [str(s["n"])] + [format_mean_std(s, m) for m, _ in metrics]
+        for s in summary
+    ]
+    return header, rows
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:

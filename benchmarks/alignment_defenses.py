@@ -12,7 +12,7 @@ over its optimizer steps, same batch and step count for every method). Stages ar
     .venv/bin/python benchmarks/alignment_defenses.py                       # 3 seeds, the 4 methods
     .venv/bin/python benchmarks/alignment_defenses.py --seeds 0 1 2 3 4 --methods sft booster
 
-Paper claims to check (issue 4): HS Booster << SFT, Vaccine < SFT at similar FA; step time ≈ 2x SFT for
+Paper claims to check: HS Booster << SFT, Vaccine < SFT at similar FA; step time ≈ 2x SFT for
 Vaccine, ≈ 3x for Booster.
 """
 

@@ -1,4 +1,4 @@
-"""Why Booster's own alignment leaves harm on the offline benchmark (issue 14, point 6).
+"""Why Booster's own alignment leaves harm on the offline benchmark.
 
 On the offline world, right after its alignment Booster (lambda = 5, alpha = 0.1, one epoch) leaves HS ~20 % where
 SFT alignment leaves 0 %, and it does not make the model more robust to the attack. This sweeps Booster's lambda

@@ -1,4 +1,4 @@
-"""Lisa vs BSO vs SFT on the offline benchmark (issue: Lisa and BSO), with seeds.
+"""Lisa vs BSO vs SFT on the offline benchmark, with seeds.
 
 The paper's claim to check: with few alignment steps (K_a/K_f = 1/9), Lisa's harmful score is well below SFT's
 at nearly the same fine-tune accuracy, and Lisa beats BSO. Run by hand (minutes on 2 CPU cores):
@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tuneguard.grid import GridSpec, parse_grid, run_grid  # noqa: E402
-from tuneguard.report import csv_text, mean_std_table, summarize, write_text_atomic  # noqa: E402
+from tuneguard.report import csv_text, mean_std_table, pipe_table, summarize, write_text_atomic  # noqa: E402
 from tuneguard.results import collect_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def main() -> None:
         f"--alignment-steps {args.alignment_steps} --finetune-steps {args.finetune_steps} "
         f"--rho {' '.join(f'{r:g}' for r in args.rho)}\n\n"
     )
-    table = mean_std_table(summary, ["method"], METRICS)
+    table = pipe_table(*mean_std_table(summary, ["method"], METRICS))
     write_text_atomic(args.results + ".md", header + table)
     write_text_atomic(args.results + ".csv", csv_text(rows))
     print(header + table)

@@ -11,6 +11,7 @@ import pytest
 
 from tuneguard.report import bootstrap_ci, format_mean_std, summarize
 from tuneguard.report_page import build_report
+from tuneguard.results import result_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RATIOS = (0.0, 0.1, 0.2)
@@ -139,3 +140,22 @@ def test_a_single_seed_is_shown_alone_without_a_spread_or_an_interval():
     assert format_mean_std(single, "harmful_score") == "12.3"
     pair = summarize([{"m": "a", "harmful_score": v} for v in (10.0, 14.0)], ["m"], bootstrap=500)[0]
     assert format_mean_std(pair, "harmful_score").startswith("12.0 ± 2.8 [")
+
+
+def test_a_results_row_has_an_agreement_and_a_kappa_column_per_pair_of_judges_and_the_training_time_of_its_stages():
+    config = {
+        "align": {"method": "sft"},
+        "finetune": {"method": "lisa", "user_data": {"poison_ratio": 0.1}, "training": {"seed": 3}},
+        "repair": {"method": "none"},
+    }
+    pair = {"judges": ["offline", "refusal"], "agreement": 75.0, "cohen_kappa": 0.5}
+    evaluation = {"metrics": {"harmful_score": 10.0, "judge_agreement": [pair]}, "timings": {"wall_s": 2.0}}
+    stages = {"align": {"timings": {"wall_s": 1.0}}, "finetune": {"timings": {"wall_s": 3.0}}}
+    row = result_row({"model": "final"}, config, evaluation, "/e", stages, {"align": "/a", "finetune": "/f"})
+    assert row["judge_agreement_offline_refusal"] == 75.0 and row["cohen_kappa_offline_refusal"] == 0.5
+    assert "judge_agreement" not in row
+    assert (row["finetune_method"], row["poison_ratio"], row["seed"]) == ("lisa", 0.1, 3)
+    assert row["train_wall_s"] == 4.0 and row["eval_wall_s"] == 2.0
+    assert (row["align_dir"], row["finetune_dir"], row["eval_dir"]) == ("/a", "/f", "/e")
+    aligned = result_row({"model": "aligned"}, config, evaluation, "/e2", stages, {"align": "/a", "finetune": "/f"})
+    assert aligned["train_wall_s"] == 1.0 and "finetune_dir" not in aligned

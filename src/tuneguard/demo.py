@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneguard.config import ConfigError, ExperimentConfig
+from tuneguard.config import ConfigError, ExperimentConfig, dump_config
 from tuneguard.models import prepare_model_files
-from tuneguard.pipeline import run_experiment
+from tuneguard.pipeline import ExperimentResult, run_experiment
 from tuneguard.report import OFFLINE_NOTE, write_results
-from tuneguard.store import StageResult
+from tuneguard.results import ResultRow, result_row
+
+# The demo's name of each evaluated model and the stage that trained it (its time is the model's own).
+_SHOWN = {"base": ("base", None), "aligned": ("aligned", "align"), "final": ("fine-tuned", "finetune")}
 
 
 def run_demo(
@@ -35,44 +38,40 @@ def run_demo(
         run_cfg.evaluate = ["base", "aligned", "final"] if i == 0 else ["final"]
         # overwrite only on the first pass; later passes must reuse the freshly computed shared stages
         result = run_experiment(run_cfg, overwrite=overwrite and i == 0)
-        if i == 0:
-            rows.append(_row("base", "-", None, result.evaluations["base"], None))
-            if "aligned" in result.evaluations:
-                rows.append(
-                    _row(
-                        "aligned",
-                        run_cfg.align.method,
-                        None,
-                        result.evaluations["aligned"],
-                        result.stages["align"],
-                    )
-                )
-        rows.append(
-            _row(
-                "fine-tuned",
-                run_cfg.finetune.method,
-                ratio,
-                result.evaluations["final"],
-                result.stages["finetune"],
-            )
-        )
+        for model in run_cfg.evaluate:
+            if model in result.evaluations:
+                rows.append(_table_row(_result_row(run_cfg, result, model), result))
     return rows, write_results(rows, cfg.output_dir, stem="results", note=note)
 
 
-def _row(model: str, method: str, ratio: float | None, ev: StageResult, trained: StageResult | None) -> dict:
-    m = ev.metrics
-    wall = ev.info.get("timings", {}).get("wall_s", 0.0)
-    if trained is not None:
-        wall += trained.info.get("timings", {}).get("wall_s", 0.0)
+def _result_row(cfg: ExperimentConfig, result: ExperimentResult, model: str) -> ResultRow:
+    evaluation = result.evaluations[model]
+    return result_row(
+        {"model": model},
+        dump_config(cfg),
+        evaluation.info,
+        evaluation.directory,
+        {name: r.info for name, r in result.stages.items()},
+        {name: str(r.directory) for name, r in result.stages.items()},
+    )
+
+
+def _table_row(row: ResultRow, result: ExperimentResult) -> dict[str, Any]:
+    """The demo table's columns of a results row: the model's own method, and its own time (its evaluation and
+    the one stage that trained it; a cached stage counts with the time it took when computed)."""
+    name, trained_by = _SHOWN[row["model"]]
+    wall = row["eval_wall_s"]
+    if trained_by is not None:
+        wall += result.stages[trained_by].info.get("timings", {}).get("wall_s", 0.0)
     return {
-        "model": model,
-        "method": method,
-        "poison_ratio": ratio,
-        "harmful_score": m.get("harmful_score"),
-        "finetune_accuracy": m.get("finetune_accuracy"),
-        "compliance_probability": m.get("compliance_probability"),
-        "judge": m.get("judge"),
+        "model": name,
+        "method": {"base": "-", "aligned": row["align_method"], "final": row["finetune_method"]}[row["model"]],
+        "poison_ratio": row["poison_ratio"] if row["model"] == "final" else None,
+        "harmful_score": row.get("harmful_score"),
+        "finetune_accuracy": row.get("finetune_accuracy"),
+        "compliance_probability": row.get("compliance_probability"),
+        "judge": row.get("judge"),
         "wall_s": wall,
-        "flags": m.get("flags"),
-        "eval_dir": str(ev.directory),
+        "flags": row.get("flags"),
+        "eval_dir": row["eval_dir"],
     }

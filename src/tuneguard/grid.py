@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ from tuneguard.config import (
     read_yaml_mapping,
     validate_config,
 )
+from tuneguard.grid_records import CELLS_DIR, GRID_RECORD, cell_record_file
 from tuneguard.gridexec.settings import CellResources, SlurmSettings
+from tuneguard.results import write_results_store
 from tuneguard.store import fingerprint, remove_stage, write_json_atomic
 from tuneguard.store_paths import resolve_store_path, store_path
 from tuneguard.untrusted import check_plain_name, file_problem
@@ -56,8 +59,6 @@ from tuneguard.untrusted import check_plain_name, file_problem
 logger = logging.getLogger(__name__)
 
 GRID_FILE_KEYS = ("name", "base", "set", "variants", "grid", "resources", "slurm")
-CELLS_DIR = "cells"
-GRID_RECORD = "grid.json"
 
 
 @dataclass(frozen=True)
@@ -304,12 +305,10 @@ def run_grid(
     ``resume`` continues a stage that a killed grid left interrupted (checkpoints, no ``stage.json``) from its
     last checkpoint; without it such a stage stops the grid with a message saying so.
     """
-    from tuneguard.results import write_results_store
-
     if runner is None:
         from functools import partial
 
-        from tuneguard.pipeline import run_experiment
+        from tuneguard.pipeline import run_experiment  # imports torch: only when cells run here, not to read a grid
 
         runner = partial(run_experiment, resume=resume)
 
@@ -331,7 +330,7 @@ def preflight_cells(spec: GridSpec, cells: list[Cell]) -> None:
     """Check every cell that will run before the first one trains: its methods, data roles (each distinct data
     source loaded once for the whole grid), TrainingArguments and the output directory. The tokenization of each
     cell's training data is checked when the cell runs (``run_experiment``'s own pre-flight)."""
-    from tuneguard.preflight import check_output_dir, preflight
+    from tuneguard.preflight import check_output_dir, preflight  # imports torch (see run_grid)
 
     check_output_dir(spec.output_dir)
     loaded: dict[str, Any] = {}
@@ -368,8 +367,6 @@ def run_cell(spec: GridSpec, cell: Cell, runner: ExperimentRunner) -> dict[str, 
 
 def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:
     """Forget finished cells: remove their records and the stage directories (inside ``output_dir``) they name."""
-    import json
-
     root = output_dir.resolve()
     stage_dirs: dict[Path, str] = {}
     for c in cells:
@@ -385,27 +382,7 @@ def _remove_cells(run_dir: Path, cells: list[Cell], output_dir: Path) -> None:
 
 
 def cell_record_path(run_dir: Path, cell: Cell) -> Path:
-    return run_dir / CELLS_DIR / f"{cell.cell_id}.json"
-
-
-def finished_cells(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of the finished cells of the grid last run in ``run_dir``, in grid order.
-
-    Records of cells that the grid no longer has (its file was edited) stay on disk but are left out."""
-    import json
-
-    run_dir = Path(run_dir)
-    grid = json.loads((run_dir / GRID_RECORD).read_text(encoding="utf-8"))
-    if "cell_ids" not in grid:  # a run directory from before cell ids were recorded: every record
-        records = [json.loads(p.read_text(encoding="utf-8")) for p in (run_dir / CELLS_DIR).glob("*.json")]
-        yield from sorted(records, key=lambda r: r["index"])
-        return
-    for cell_id in grid["cell_ids"]:
-        # A run directory may come from elsewhere: its ids name files, which must stay inside cells/.
-        check_plain_name(str(cell_id), f"{run_dir / GRID_RECORD}: cell id", ConfigError)
-        path = run_dir / CELLS_DIR / f"{cell_id}.json"
-        if path.is_file():
-            yield json.loads(path.read_text(encoding="utf-8"))
+    return cell_record_file(run_dir, cell.cell_id)
 
 
 def grid_record(spec: GridSpec, cells: list[Cell]) -> dict[str, Any]:

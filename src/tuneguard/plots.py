@@ -1,7 +1,7 @@
 """Training-curve plots from a Trainer's log history (``trainer.state.log_history`` or a trainer_state.json).
 
 Drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless and
-inside other people's programs. Lisa/BSO's scalars are the default; any logged scalar can be plotted.
+inside other people's programs. Any logged scalar can be plotted (a method's ``curve_keys`` name its own).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Lisa/BSO (methods/lisa.py): the quantities of the paper's Figures 4 and 5.
-LISA_KEYS = ("lisa/alignment_loss", "lisa/user_loss", "lisa/proximal", "lisa/drift", "lisa/grad_norm")
 # Bookkeeping entries of a log record that are not training curves.
 _NOT_CURVES = {"step", "epoch", "total_flos", "learning_rate"}
 
@@ -28,8 +26,8 @@ def plot_training_curves(
     """Plot logged scalars against the optimizer step, one panel per key, and write a PNG; return its path.
 
     ``log_history``: the list of log records (each with a ``step``), or the path of a ``trainer_state.json``
-    (or of a JSON file holding the list itself). ``keys``: the scalars to draw; default: the Lisa keys that
-    were logged, else every numeric training scalar found (``loss``, ``grad_norm``, a method's own keys...).
+    (or of a JSON file holding the list itself). ``keys``: the scalars to draw; default: every numeric training
+    scalar found (``loss``, ``grad_norm``, a method's own keys...).
     Where ``state_key`` is logged (Lisa: 1 = alignment state, 0 = fine-tune), each panel shades the spans
     that ended in the alignment state (exact with ``logging_steps=1``, the last step of each window otherwise).
     """
@@ -38,7 +36,7 @@ def plot_training_curves(
 
     records = [r for r in _load_history(log_history) if "step" in r and not _is_summary(r)]
     if keys is None:
-        keys = [k for k in LISA_KEYS if any(k in r for r in records)] or _numeric_keys(records)
+        keys = _numeric_keys(records)
     if not keys:
         raise ValueError("nothing to plot: the log history has no numeric training scalars")
 

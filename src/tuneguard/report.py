@@ -8,7 +8,7 @@ import csv
 import io
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+def format_cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or value == "":
         return "-"
@@ -48,14 +48,20 @@ def format_cell(row: dict[str, Any], key: str, fmt: str) -> str:
         return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS) -> str:
+    """The ``columns`` (key, header, format) of ``rows`` that any row has, as a Markdown table."""
     cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
-    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(format_cell(r, k, f) for k, _, f in cols) + " |" for r in rows]
+    return pipe_table([h for _, h, _ in cols], [[format_cell(r, k, f) for k, _, f in cols] for r in rows])
+
+
+def pipe_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown (pipe) table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -77,7 +83,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_results(
-    rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = "results", note: str = ""
+    rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: str = "results", note: str = ""
 ) -> dict[str, Path]:
     """Write ``<stem>.md`` (with an optional note above the table) and ``<stem>.csv``."""
     out_dir = Path(out_dir)
@@ -89,7 +95,7 @@ def write_results(
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     group_by: Sequence[str],
     metrics: Sequence[str] = ("harmful_score", "finetune_accuracy"),
     *,
@@ -117,18 +123,19 @@ def summarize(
 
 
 def mean_std_table(
-    summary: Sequence[dict[str, Any]], group_by: Sequence[str], metrics: Sequence[tuple[str, str]]
-) -> str:
-    """Markdown table of ``summarize`` output: group columns, then 'mean ± std' per (metric, header), followed by
-    the bootstrap interval '[low, high]' when ``summarize`` computed one."""
-    headers = [*group_by, "seeds", *(h for _, h in metrics)]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in summary:
-        cells = [str(row.get(k, "-")) for k in group_by] + [str(row["n"])]
-        for m, _ in metrics:
-            cells.append(format_mean_std(row, m))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    summary: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    metrics: Sequence[tuple[str, str]],
+    group_headers: Sequence[str] | None = None,
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``summarize`` output: the group columns (headed ``group_headers``, default their keys),
+    the number of seeds, then 'mean ± std [low, high]' per (metric, header) (see ``format_mean_std``)."""
+    header = [*(group_headers or group_by), "seeds", *(h for _, h in metrics)]
+    rows = [
+        [str(s.get(k, "-")) for k in group_by] + [str(s["n"])] + [format_mean_std(s, m) for m, _ in metrics]
+        for s in summary
+    ]
+    return header, rows
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:

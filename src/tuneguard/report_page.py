@@ -2,8 +2,9 @@
 
 Built from the run's results store (``results.jsonl``, see ``results.py``): per evaluated model a table of HS / FA
 as mean ± std over seeds with bootstrap 95 % intervals, HS and FA against the poison ratio per method, the HS-FA
-trade-off, and training curves (Lisa/BSO's alignment loss, drift and gradient norm; each alignment method's
-loss). The page names the protocol and judge, and says so when the results come from the offline simulation.
+trade-off, the training curves that a fine-tuning method declares (``TrainingMethod.curve_keys``) and each
+alignment method's loss. The page names the protocol and judge, and says so when the results come from the offline
+simulation.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneguard.report import OFFLINE_NOTE, format_mean_std, summarize, write_text_atomic
-from tuneguard.results import read_results
+from tuneguard.config import ConfigError
+from tuneguard.grid_records import read_grid_record
+from tuneguard.plots import plot_loss_overlay, plot_metric_vs_ratio, plot_tradeoff, plot_training_curves
+from tuneguard.report import OFFLINE_NOTE, mean_std_table, pipe_table, summarize, write_text_atomic
+from tuneguard.results import ResultRow, read_results
 from tuneguard.store import OutputError
 
 METRICS = (
@@ -28,7 +32,6 @@ METRICS = (
 )
 MODEL_ORDER = ("final", "finetuned", "aligned", "base")
 BOOTSTRAP_RESAMPLES = 2000
-_CURVE_KEYS = ("lisa/alignment_loss", "lisa/user_loss", "lisa/drift", "lisa/grad_norm")
 _POISON_KEY = "finetune.user_data.poison_ratio"
 
 
@@ -47,7 +50,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
     rows = read_results(run_dir)
     if not rows:
         raise OutputError(f"{run_dir}: the results store is empty (no finished cell yet)")
-    grid = _read_grid(run_dir)
+    grid = read_grid_record(run_dir)
     series = _series_columns(grid, rows)
     blocks = [_Block("p", _provenance(grid, rows))]
     for model in sorted({r["model"] for r in rows}, key=_model_rank):
@@ -61,7 +64,7 @@ def build_report(run_dir: str | Path, *, bootstrap: int = BOOTSTRAP_RESAMPLES) -
 
 
 # ------------------------------------------------------------------------------------------------- content
-def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _provenance(grid: dict[str, Any], rows: list[ResultRow]) -> str:
     protocols = sorted({str(r.get("protocol")) for r in rows})
     judges = sorted({str(r.get("judge")) for r in rows})
     versions = {
@@ -82,7 +85,7 @@ def _provenance(grid: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return text
 
 
-def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], bootstrap: int) -> list[_Block]:
+def _model_table(model: str, rows: list[ResultRow], series: list[str], bootstrap: int) -> list[_Block]:
     rows = list({r["eval_dir"]: r for r in rows}.values())  # one evaluation can serve several cells
     if model in ("aligned", "base"):  # the fine-tuning settings do not change these models
         series = ["align_method"] if model == "aligned" else []
@@ -92,11 +95,7 @@ def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], boot
     metrics = [(m, h) for m, h in METRICS if any(r.get(m) is not None for r in rows)]
     metrics += [(k, f"HS {k.removeprefix('harmful_score_')} (%)") for k in _extra_judges(rows)]
     summary = summarize(rows, group, [m for m, _ in metrics], bootstrap=bootstrap)
-    header = [_short(g) for g in group] + ["seeds"] + [h for _, h in metrics]
-    table = [
-        [str(s.get(g, "-")) for g in group] + [str(s["n"])] + [format_mean_std(s, m) for m, _ in metrics]
-        for s in summary
-    ]
+    header, table = mean_std_table(summary, group, metrics, [_short(g) for g in group])
     flagged = [r for r in rows if r.get("flags")]
     if flagged:  # evaluations whose HS cannot be taken at face value (empty answers, ...): counted per group
         counts = Counter(tuple(r.get(g) for g in group) for r in flagged)
@@ -125,9 +124,7 @@ def _model_table(model: str, rows: list[dict[str, Any]], series: list[str], boot
     return blocks
 
 
-def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Block]:
-    from tuneguard.plots import plot_loss_overlay, plot_metric_vs_ratio, plot_tradeoff, plot_training_curves
-
+def _plots(rows: list[ResultRow], series: list[str], out: Path) -> list[_Block]:
     final = list({r["eval_dir"]: r for r in rows if r["model"] == "final"}.values())
     if not final:
         return []
@@ -162,11 +159,12 @@ def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Bl
                 path=path,
             )
         )
-    for row in _one_per_series(final, series, lambda r: r.get("finetune_method") in ("lisa", "bso")):
+    for row in _one_per_series(final, series, lambda r: bool(_curve_keys(r.get("finetune_method")))):
         history = Path(row.get("finetune_dir", "")) / "log_history.json"
         if history.is_file():
             name = _slug(_label(row, series))
-            keys = [k for k in _CURVE_KEYS if any(k in h for h in json.loads(history.read_text()))] or None
+            logged = json.loads(history.read_text())
+            keys = [k for k in _curve_keys(row["finetune_method"]) if any(k in h for h in logged)] or None
             caption = f"Training curves of {_label(row, series)} (p = {row['poison_ratio']}, seed {row['seed']})."
             path = plot_training_curves(history, out / f"curves_{name}.png", keys, title=caption.rstrip("."))
             blocks.append(_Block("img", caption, path=path))
@@ -181,17 +179,29 @@ def _plots(rows: list[dict[str, Any]], series: list[str], out: Path) -> list[_Bl
     return blocks
 
 
-def _one_per_series(rows: list[dict[str, Any]], series: list[str], keep: Any) -> list[dict[str, Any]]:
+def _one_per_series(rows: list[ResultRow], series: list[str], keep: Any) -> list[ResultRow]:
     """Per series group, the row with the largest poison ratio and then the smallest seed."""
-    chosen: dict[tuple, dict[str, Any]] = {}
+    chosen: dict[tuple, ResultRow] = {}
     for r in sorted(rows, key=lambda r: (-(r.get("poison_ratio") or 0), str(r.get("seed")))):
         if keep(r):
             chosen.setdefault(tuple(r.get(k) for k in series), r)
     return list(chosen.values())
 
 
+def _curve_keys(finetune_method: str | None) -> tuple[str, ...]:
+    """The training curves the fine-tuning method declares (none for a method this process does not know)."""
+    if finetune_method is None:
+        return ()
+    from tuneguard.methods import get_training_method  # the methods import torch: only when there are final rows
+
+    try:
+        return get_training_method("finetune", finetune_method).curve_keys
+    except (ConfigError, LookupError):  # results of a plug-in method that is not installed here
+        return ()
+
+
 # ------------------------------------------------------------------------------------------------ grouping
-def _series_columns(grid: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def _series_columns(grid: dict[str, Any], rows: list[ResultRow]) -> list[str]:
     """The columns that tell methods/settings apart: the grid's columns without the seed and the poison ratio."""
     axes = {a["name"]: a["keys"] for a in grid.get("axes", [])}
     columns = grid.get("columns") or [c for c in ("variant",) if c in rows[0]]
@@ -202,11 +212,11 @@ def _series_columns(grid: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
     ]
 
 
-def _extra_judges(rows: list[dict[str, Any]]) -> list[str]:
+def _extra_judges(rows: list[ResultRow]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("harmful_score_")})
 
 
-def _label(row: dict[str, Any], series: list[str]) -> str:
+def _label(row: ResultRow, series: list[str]) -> str:
     return ", ".join(str(row.get(k)) if k == "variant" else f"{_short(k)}={row.get(k)}" for k in series) or "all"
 
 
@@ -222,13 +232,6 @@ def _model_rank(model: str) -> int:
     return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
 
 
-def _read_grid(run_dir: Path) -> dict[str, Any]:
-    from tuneguard.grid import GRID_RECORD
-
-    path = run_dir / GRID_RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 # ----------------------------------------------------------------------------------------------- rendering
 def _markdown(title: str, blocks: list[_Block], run_dir: Path) -> str:
     out = [f"# {title}\n"]
@@ -238,9 +241,7 @@ def _markdown(title: str, blocks: list[_Block], run_dir: Path) -> str:
         elif b.kind == "p":
             out.append(b.text + "\n")
         elif b.kind == "table":
-            lines = ["| " + " | ".join(b.header) + " |", "|" + "|".join("---" for _ in b.header) + "|"]
-            lines += ["| " + " | ".join(r) + " |" for r in b.rows]
-            out.append("\n".join(lines) + "\n")
+            out.append(pipe_table(b.header, b.rows))
         elif b.kind == "img" and b.path is not None:
             out.append(f"![{b.text}]({b.path.relative_to(run_dir).as_posix()})\n\n{b.text}\n")
     return "\n".join(out)

@@ -1,18 +1,20 @@
-"""The results store of a grid run: one row per evaluated model, rebuilt from the finished cells' stage files.
+"""The results store: one ``ResultRow`` per evaluated model, built from the stages' ``stage.json`` files.
 
 Each row carries the columns the grid varies (``variant`` and the axis names), the pipeline's methods, poison
 ratio and seed, the metrics of the evaluation (HS per judge, FA, the companion compliance probability), the
-judge and protocol, library versions and wall times. The rows are read from the stores' ``stage.json`` files of
-the finished cells, never kept elsewhere, so the results always agree with the store. Written atomically as
-``results.jsonl``, ``results.csv`` and (when pyarrow is installed) ``results.parquet``.
+judge and protocol, library versions and wall times. A grid run's rows are rebuilt from the stage files of its
+finished cells, never kept elsewhere, so the results always agree with the store; they are written atomically as
+``results.jsonl``, ``results.csv`` and (when pyarrow is installed) ``results.parquet``. The report reads them back
+(``read_results``); the demo builds its rows with ``result_row`` too.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict, cast
 
+from tuneguard.grid_records import GRID_RECORD, finished_cells
 from tuneguard.report import csv_text, write_text_atomic
 from tuneguard.store import STAGE_FILE, atomic_output
 from tuneguard.store_paths import resolve_store_path
@@ -24,23 +26,97 @@ _FINAL = ("align", "finetune", "repair")
 _VERSION_KEYS = ("tuneguard", "torch", "transformers", "peft")
 
 
-def collect_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The results rows of a grid run directory (one per cell and evaluated model), in grid order."""
-    from tuneguard.grid import GRID_RECORD, finished_cells
+class ResultRow(TypedDict, total=False):
+    """One row of the results store: one evaluated model of one experiment, in the store's column order.
 
+    Besides these columns a row has: one column per grid axis (its name: ``seed``,
+    ``finetune.user_data.poison_ratio``, ...) after ``variant``; every further metric of the evaluation
+    (``metrics.json``: ``harmful_score_<judge>`` per further judge, ``num_harmful_prompts``, ...);
+    ``judge_agreement_<a>_<b>`` (%) and ``cohen_kappa_<a>_<b>`` per pair of judges; ``version_<library>``;
+    ``<stage>_dir`` per training stage that made the model. Percentages are 0-100, times in seconds.
+    """
+
+    grid: str  # the grid's name (absent outside a grid: the demo)
+    cell: str  # the cell id
+    model: Required[str]  # the pipeline's model: base, aligned, finetuned or final
+    variant: str  # the grid's variant (when it has variants)
+    align_method: str | None
+    finetune_method: str | None
+    repair_method: str
+    poison_ratio: float | None  # the fine-tuning data's share of harmful records (config; also for base/aligned)
+    seed: int | None  # the grid's seed axis, else the fine-tuning seed
+    harmful_score: float  # HS (%) of the first judge
+    harmful_score_plus: float  # HS+ (%): flagged, empty or degenerate answers
+    finetune_accuracy: float  # FA (%)
+    compliance_probability: float  # P(comply) (%) of the first answer token on the harmful prompts
+    judge: str
+    protocol: str
+    flags: list[str]  # why the HS cannot be taken at face value (absent when it can)
+    train_wall_s: float  # the training stages that made the model, summed
+    eval_wall_s: float
+    eval_dir: Required[str]
+
+
+def result_row(
+    lead: dict[str, Any],
+    config: dict[str, Any],
+    evaluation: dict[str, Any],
+    eval_dir: str | Path,
+    stages: dict[str, dict[str, Any]],
+    stage_dirs: dict[str, str],
+) -> ResultRow:
+    """The row of one evaluated model: ``lead`` (its first columns: ``model`` and, in a grid, the grid, cell,
+    variant and axis values), then what the experiment's ``config`` (``dump_config``), its evaluation's and its
+    training stages' ``stage.json`` (``stages``, in ``stage_dirs``) say."""
+    model = lead["model"]
+    finetune = config.get("finetune") or {}
+    metrics = dict(evaluation.get("metrics", {}))
+    agreement = metrics.pop("judge_agreement", None)
+    row: dict[str, Any] = dict(lead)
+    row.update(
+        {
+            "align_method": (config.get("align") or {}).get("method"),
+            "finetune_method": finetune.get("method"),
+            "repair_method": config["repair"]["method"],
+            "poison_ratio": finetune.get("user_data", {}).get("poison_ratio"),
+        }
+    )
+    row.setdefault("seed", (finetune.get("training") or {}).get("seed"))  # a grid's seed axis stays in its place
+    row.update(metrics)
+    for pair in agreement or ():
+        names = "_".join(pair["judges"])
+        row[f"judge_agreement_{names}"] = pair["agreement"]
+        row[f"cohen_kappa_{names}"] = pair["cohen_kappa"]
+    produced_by = _PRODUCED_BY.get(model, _FINAL)
+    row["train_wall_s"] = round(sum(_wall(stages.get(s)) for s in produced_by), 2)
+    row["eval_wall_s"] = _wall(evaluation)
+    versions = evaluation.get("versions", {})
+    row.update({f"version_{k}": versions[k] for k in _VERSION_KEYS if k in versions})
+    for name in produced_by:
+        if name in stages:
+            row[f"{name}_dir"] = stage_dirs[name]
+    row["eval_dir"] = str(Path(eval_dir))
+    return cast(ResultRow, row)
+
+
+def collect_rows(run_dir: str | Path) -> list[ResultRow]:
+    """The results rows of a grid run directory (one per cell and evaluated model), in grid order."""
     run_dir = Path(run_dir)
     grid = _read_json(run_dir / GRID_RECORD)
     root = run_dir.parent.parent  # the store: <output_dir>/grids/<name>
     rows = []
-    for record in finished_cells(run_dir):
-        cell = {
-            **record,  # stage directories as they are now (the records hold them relative to the store)
-            "stages": {name: str(resolve_store_path(d, root)) for name, d in record["stages"].items()},
-            "evaluations": {name: str(resolve_store_path(d, root)) for name, d in record["evaluations"].items()},
-        }
-        stages = {name: _read_json(Path(d) / STAGE_FILE) for name, d in cell["stages"].items()}
+    for cell in finished_cells(run_dir):
+        # stage directories as they are now (the records hold them relative to the store)
+        stage_dirs = {name: str(resolve_store_path(d, root)) for name, d in cell["stages"].items()}
+        stages = {name: _read_json(Path(d) / STAGE_FILE) for name, d in stage_dirs.items()}
         for model, eval_dir in cell["evaluations"].items():
-            rows.append(_row(grid, cell, stages, model, _read_json(Path(eval_dir) / STAGE_FILE)))
+            eval_dir = resolve_store_path(eval_dir, root)
+            lead = {"grid": grid["name"], "cell": cell["cell_id"], "model": model}
+            if cell.get("variant") is not None:
+                lead["variant"] = cell["variant"]
+            lead.update(cell["values"])
+            evaluation = _read_json(eval_dir / STAGE_FILE)
+            rows.append(result_row(lead, cell["config"], evaluation, eval_dir, stages, stage_dirs))
     return rows
 
 
@@ -60,53 +136,19 @@ def write_results_store(run_dir: str | Path) -> dict[str, Path]:
     return files
 
 
-def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_results(run_dir: str | Path) -> list[ResultRow]:
     """The rows of ``results.jsonl`` in a grid run directory (or of that file itself)."""
     path = Path(run_dir)
     path = path / f"{RESULTS_STEM}.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no results in {path}: run the grid first (tuneguard grid GRID.yaml)")
-    from tuneguard.data import read_file  # JSON Lines split at \n only: a path may hold any character
+    # JSON Lines split at \n only (a path may hold any character); imported here: tuneguard.data imports torch
+    from tuneguard.data import read_file
 
-    return read_file(path)
+    return cast(list[ResultRow], read_file(path))
 
 
 # ------------------------------------------------------------------------------------------------- private
-def _row(
-    grid: dict[str, Any], cell: dict[str, Any], stages: dict[str, dict], model: str, evaluation: dict[str, Any]
-) -> dict[str, Any]:
-    cfg = cell["config"]
-    finetune = cfg.get("finetune") or {}
-    metrics = dict(evaluation.get("metrics", {}))
-    agreement = metrics.pop("judge_agreement", None)
-    row: dict[str, Any] = {"grid": grid["name"], "cell": cell["cell_id"], "model": model}
-    if cell.get("variant") is not None:
-        row["variant"] = cell["variant"]
-    row.update(cell["values"])
-    row.update(
-        {
-            "align_method": (cfg.get("align") or {}).get("method"),
-            "finetune_method": finetune.get("method"),
-            "repair_method": cfg["repair"]["method"],
-            "poison_ratio": finetune.get("user_data", {}).get("poison_ratio"),
-        }
-    )
-    row.setdefault("seed", (finetune.get("training") or {}).get("seed"))
-    row.update(metrics)
-    if agreement:
-        row.update({f"judge_agreement_{name}": value for name, value in agreement.items()})
-    produced_by = _PRODUCED_BY.get(model, _FINAL)
-    row["train_wall_s"] = round(sum(_wall(stages.get(s)) for s in produced_by), 2)
-    row["eval_wall_s"] = _wall(evaluation)
-    versions = evaluation.get("versions", {})
-    row.update({f"version_{k}": versions[k] for k in _VERSION_KEYS if k in versions})
-    for name in produced_by:
-        if name in stages:
-            row[f"{name}_dir"] = cell["stages"][name]
-    row["eval_dir"] = str(Path(cell["evaluations"][model]))
-    return row
-
-
 def _wall(stage: dict[str, Any] | None) -> float:
     return float((stage or {}).get("timings", {}).get("wall_s", 0.0))
 

@@ -10,6 +10,8 @@ from typing import Protocol
 from tuneguard.config import ConfigError
 from tuneguard.grid import Cell, GridRun, GridSpec, cell_record_path, prepare_run
 from tuneguard.gridexec.plan import StagePlan, plan_stages
+from tuneguard.report_page import build_report
+from tuneguard.results import write_results_store
 
 
 class GridExecutor(Protocol):
@@ -38,12 +40,8 @@ def run_grid_with(
 
 def refresh_results(run_dir: Path, *, report: bool) -> None:
     """Rebuild the results store (and the report) of a grid run directory from its finished cells."""
-    from tuneguard.results import write_results_store
-
     write_results_store(run_dir)
     if report:
-        from tuneguard.report_page import build_report
-
         build_report(run_dir)
 
 

@@ -334,12 +334,15 @@ def training_checkpoints(work: JobWork) -> list[tuple[int, dict[str, Any]]]:
     return sorted(found)
 
 
-def plot_training_curves(log_history: Path, out_png: Path, title: str) -> Path | None:
-    """The training curves of the job's fine-tuning stage (Lisa/BSO: its own scalars), or None if none logged."""
+def plot_training_curves(log_history: Path, out_png: Path, title: str, method: str) -> Path | None:
+    """The training curves of the job's fine-tuning stage (those its ``method`` declares, else every logged
+    scalar), or None if none logged."""
+    from tuneguard.methods import get_training_method
     from tuneguard.plots import plot_training_curves as plot
 
+    keys = get_training_method("finetune", method).curve_keys or None
     try:
-        return plot(log_history, out_png, title=title)
+        return plot(log_history, out_png, keys, title=title)
     except (OSError, ValueError):
         return None
 

@@ -23,7 +23,8 @@ def write_report_data(policy: Any, work: engine.JobWork, tuned: dict[str, Any], 
     """Write ``report/report.json`` and the plots into the job's directory; returns the JSON path."""
     out = work.directory / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    curves = engine.plot_training_curves(Path(tuned["log_history"]), out / "curves.png", title="training curves")
+    history = Path(tuned["log_history"])
+    curves = engine.plot_training_curves(history, out / "curves.png", "training curves", policy.finetune.method)
     bars = plot_harmful_scores(gate, out / "harmful_score.png")
     data = {
         "defense": {"method": policy.finetune.method, "method_args": policy.finetune.method_args},

@@ -16,6 +16,8 @@ import importlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
+from tuneguard.plugins import load_plugins
+
 T = TypeVar("T")
 
 
@@ -103,8 +105,6 @@ class Registry(Generic[T]):
         self._loaded = True  # first: a module that looks a name up while registering must not recurse
         for module in self._builtins:
             importlib.import_module(module)
-        from tuneguard.plugins import load_plugins
-
         load_plugins()
 
 

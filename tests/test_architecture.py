@@ -1,5 +1,6 @@
-"""The package's import structure: no import cycle in src/tuneguard, not even one hidden inside a function, and no
-core module that imports a plug-in (the offline world plugs in like a third-party package).
+"""The package's import structure (docs/architecture.md): no import cycle in src/tuneguard, not even one hidden
+inside a function; every import points down the layers; no core module imports a plug-in (the offline world plugs
+in like a third-party package).
 
 Run as a script to print the graph's numbers: ``python tests/test_architecture.py``.
 """
@@ -12,6 +13,37 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PLUGIN_PACKAGES = ("tuneguard.world",)
+# The layers of docs/architecture.md, bottom first: a module may import its own layer and those below it.
+LAYERS = (
+    (
+        "tuneguard",
+        "tuneguard.store",
+        "tuneguard.store_paths",
+        "tuneguard.config",
+        "tuneguard.presets",
+        "tuneguard.registry",
+        "tuneguard.plugins",
+        "tuneguard.model_resolvers",
+        "tuneguard.untrusted",
+        "tuneguard.installed",
+    ),
+    ("tuneguard.data", "tuneguard.models", "tuneguard.callbacks", "tuneguard.progress", "tuneguard.report"),
+    ("tuneguard.eval",),
+    ("tuneguard.methods",),
+    ("tuneguard.stages", "tuneguard.roles"),
+    ("tuneguard.preflight",),
+    ("tuneguard.pipeline",),
+    (
+        "tuneguard.grid",
+        "tuneguard.grid_records",
+        "tuneguard.gridexec.settings",
+        "tuneguard.results",
+        "tuneguard.report_page",
+        "tuneguard.plots",
+    ),
+    ("tuneguard.cli", "tuneguard.serve", "tuneguard.gridexec", "tuneguard.demo"),
+    PLUGIN_PACKAGES,
+)
 
 
 def module_imports(src: Path = SRC) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -98,6 +130,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix that names ``module`` (or a package above it)."""
+    best = max(
+        (
+            (len(prefix), index)
+            for index, layer in enumerate(LAYERS)
+            for prefix in layer
+            if module == prefix or module.startswith(prefix + ".")
+        ),
+    )
+    return best[1]
+
+
 def _all_edges() -> dict[str, set[str]]:
     top, inner = module_imports()
     return {m: top[m] | inner[m] for m in top}
@@ -106,6 +151,16 @@ def _all_edges() -> dict[str, set[str]]:
 def test_no_import_cycle_not_even_through_imports_inside_functions():
     # An import moved into a function to dodge a cycle still closes the cycle at run time: counted here.
     assert cycles(_all_edges()) == []
+
+
+def test_every_import_points_down_the_layers():
+    upward = [
+        (module, target)
+        for module, targets in _all_edges().items()
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
 
 
 def test_no_core_module_imports_a_plugin():

@@ -80,6 +80,19 @@ def test_base_path_is_relative_to_the_grid_file_and_overrides_apply_to_every_cel
     assert [c.config.finetune.method for c in expand_grid(spec)] == ["lisa", "lisa"]
 
 
+def test_base_may_name_a_preset_as_tuneguard_run_does(tmp_path):
+    from tuneguard.config import load_config
+
+    (tmp_path / "g.yaml").write_text("base: preset:demo\ngrid:\n  finetune.user_data.poison_ratio: [0.0, 0.2]\n")
+    cells = expand_grid(load_grid(tmp_path / "g.yaml"))
+    for cell, ratio in zip(cells, (0.0, 0.2), strict=True):
+        expected = load_config("preset:demo", [f"finetune.user_data.poison_ratio={ratio}"])
+        assert dump_config(cell.config) == dump_config(expected)
+    (tmp_path / "bad.yaml").write_text("base: preset:dmeo\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: base: unknown preset 'dmeo'; did you mean 'demo'\?"):
+        load_grid(tmp_path / "bad.yaml")
+
+
 def test_shards_partition_the_grid_by_aligned_model():
     spec = parse_grid(grid_mapping())
     cells = expand_grid(spec)

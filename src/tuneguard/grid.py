@@ -51,6 +51,7 @@ from tuneguard.config import (
 )
 from tuneguard.grid_records import CELLS_DIR, GRID_RECORD, cell_record_file
 from tuneguard.gridexec.settings import CellResources, SlurmSettings
+from tuneguard.presets import PRESET_SCHEME, UnknownPresetError, resolve_config_path
 from tuneguard.results import write_results_store
 from tuneguard.store import fingerprint, remove_stage, write_json_atomic
 from tuneguard.store_paths import resolve_store_path, store_path
@@ -170,6 +171,11 @@ def parse_grid(
 def _load_base(value: Any, source: str, base_dir: Path) -> dict[str, Any]:
     if isinstance(value, dict):
         return copy.deepcopy(value)
+    if isinstance(value, str) and value.startswith(PRESET_SCHEME):  # a shipped preset, as `tuneguard run` takes
+        try:
+            return read_yaml_mapping(resolve_config_path(value), "an experiment config")
+        except UnknownPresetError as exc:
+            raise ConfigError(f"{source}: base: {exc}") from None
     if isinstance(value, str):
         path = (base_dir / value).expanduser()
         if file_problem(path) == "file not found":

@@ -26,8 +26,8 @@ from tuneguard.eval import (
 )
 from tuneguard.eval.runner import harmful_metrics
 from tuneguard.models import ModelLoadError
-from tuneguard.preflight import check_judges
 from tuneguard.stages import run_evaluate
+from tuneguard.stages.evaluate import check_judges
 from tuneguard.store import ModelRef
 
 
@@ -279,6 +279,14 @@ def test_judge_names_and_arguments_are_checked_before_anything_runs():
     )
     assert "unknown judge 'llama_guard'" in problem("eval.judge_args.llama_guard.model=x")
     assert "judge 'refusal' takes no arguments" in problem("eval.judge_args.refusal.phrases=[no]")
+
+
+def test_the_evaluate_stage_run_alone_refuses_an_unknown_judge_before_loading_anything(tmp_path):
+    cfg = load_config(None, ["eval.judges=[beaverdem]"])
+    missing = ModelRef.from_settings(cfg.model.model_copy(update={"model_name_or_path": str(tmp_path / "none")}))
+    with pytest.raises(ConfigError, match=r"eval.judges: unknown judge 'beaverdem'"):
+        run_evaluate(cfg.eval, missing, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_eval_with_two_judges_records_verdicts_per_judge_and_their_agreement(tmp_path, tiny_model_dir, small_data):

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneguard.config import ConfigError, EvalConfig, ExperimentConfig
+from tuneguard.config import ExperimentConfig
 from tuneguard.data import resolve_template, tokenize_sft
 from tuneguard.data.provenance import ROLE_SIDES, check_disjoint_roles
 from tuneguard.data.records import Records
 from tuneguard.data.registry import check_experiment_sources
-from tuneguard.eval.judges import check_judge_names, validate_judge_args
 from tuneguard.models import load_tokenizer
 from tuneguard.roles import USER_DATA, Role, Roles, load_roles, with_default_roles
 from tuneguard.stages import STAGE_ORDER, EvaluateStage, Stage, TrainingStage, experiment_stages
@@ -127,23 +126,8 @@ def preflight(
 def check_methods(cfg: ExperimentConfig) -> None:
     """Resolve every stage's method, its ``method_args``, its training engine and the judges, from the config
     alone (nothing loaded)."""
-    for stage in experiment_stages(cfg, STAGE_ORDER):
+    for stage in [*experiment_stages(cfg, STAGE_ORDER), EvaluateStage(cfg.eval)]:
         stage.check_config()
-    check_judges(cfg.eval)
-
-
-def check_judges(eval_cfg: EvalConfig) -> None:
-    """Every name in ``eval.judges`` is 'auto' or a registered judge, and ``eval.judge_args`` holds valid arguments
-    of registered judges; otherwise a ConfigError naming the key (with a did-you-mean)."""
-    try:
-        check_judge_names(eval_cfg.judges)
-    except ValueError as exc:
-        raise ConfigError(f"eval.judges: {exc}") from None
-    for name, args in eval_cfg.judge_args.items():
-        try:
-            validate_judge_args(name, args)  # the judge's own settings model: unknown keys, bad values
-        except ValueError as exc:
-            raise ConfigError(f"eval.judge_args: {exc}") from None
 
 
 def load_experiment_roles(

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneguard.config import EvalConfig, dump_config
+from tuneguard.config import ConfigError, EvalConfig, dump_config
 from tuneguard.data import write_jsonl
 from tuneguard.data.records import Records
-from tuneguard.eval.judges import resolve_judge_names, validate_judge_args
+from tuneguard.eval.judges import check_judge_names, resolve_judge_names, validate_judge_args
 from tuneguard.eval.runner import evaluate_model
 from tuneguard.models import prepare_model_files
 from tuneguard.roles import Role, Roles
@@ -38,6 +38,9 @@ class EvaluateStage(Stage):
     @property
     def label(self) -> str:
         return self._label
+
+    def check_config(self) -> None:
+        check_judges(self.cfg)
 
     def roles(self) -> list[Role]:
         roles = [Role("eval.harmful_prompts", self.cfg.harmful_prompts)]
@@ -82,6 +85,20 @@ class EvaluateStage(Stage):
             "metrics": metrics,
             "timings": timings,
         }
+
+
+def check_judges(eval_cfg: EvalConfig) -> None:
+    """Every name in ``eval.judges`` is 'auto' or a registered judge, and ``eval.judge_args`` holds valid arguments
+    of registered judges; otherwise a ConfigError naming the key (with a did-you-mean)."""
+    try:
+        check_judge_names(eval_cfg.judges)
+    except ValueError as exc:
+        raise ConfigError(f"eval.judges: {exc}") from None
+    for name, args in eval_cfg.judge_args.items():
+        try:
+            validate_judge_args(name, args)  # the judge's own settings model: unknown keys, bad values
+        except ValueError as exc:
+            raise ConfigError(f"eval.judge_args: {exc}") from None
 
 
 def run_evaluate(

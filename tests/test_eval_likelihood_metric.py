@@ -1,0 +1,182 @@
+"""The judge-free harm metric in the evaluation: selected in ``eval.likelihood``, scored by the evaluate stage on the
+model it evaluates, recorded with its protocol and timing, guarded by the pre-flight like the harmful prompts, and
+shown in the results rows and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_llama, write_jsonl
+
+from tuneguard.config import ConfigError, EvalConfig, ModelSettings, dump_config
+from tuneguard.stages import EvaluateStage, run_evaluate
+from tuneguard.store import ModelRef
+
+# eval: as `main` (c5681e4) serialized its defaults, before the likelihood and over-refusal options existed: the
+# evaluate stage's key config, so a config without the new keys keeps its stored evaluations.
+_SOURCE_DEFAULTS = {"split": None, "layout": "auto", "num_samples": None, "seed": 0}
+MAIN_EVAL_DUMP = {
+    "harmful_prompts": {"source": "offline:harmful_eval", **_SOURCE_DEFAULTS},
+    "task_test": {"source": "offline:task_test", **_SOURCE_DEFAULTS},
+    "judges": ["auto"],
+    "judge_args": {},
+    "accuracy_mode": "exact",
+    "max_new_tokens": 32,
+    "batch_size": 64,
+    "template": "auto",
+    "protocol": "tuneguard-offline",
+}
+
+
+def unigram_llama_dir(tmp_path, tokenizer, favoured: set[int], name: str, boost: float = 4.0):
+    """A Llama whose next-token distribution is the same at every position, set by hand: no block writes to the
+    residual stream, every token has the same embedding, and the head gives the ``favoured`` tokens logit
+    ``boost`` (all others 0). Saved with the world tokenizer as a model directory."""
+    model = build_tiny_llama(len(tokenizer))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[sorted(favoured), 0] = boost
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    out = tmp_path / name
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return ModelRef.from_settings(ModelSettings(model_name_or_path=str(out)))
+
+
+def token_ids(tokenizer, texts) -> set[int]:
+    return {i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+
+@pytest.fixture(scope="module")
+def world_sets():
+    from tuneguard.world import get_world
+
+    world = get_world()
+    return {"harmful": world.records("harmful", 6), "refusals": world.records("alignment")}
+
+
+def likelihood_eval(tmp_path, small_data, world_sets, **extra) -> EvalConfig:
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", world_sets["harmful"])
+    return EvalConfig.model_validate(
+        {
+            "harmful_prompts": str(small_data["harmful_eval"]),
+            "task_test": str(small_data["task_test"]),
+            "judges": ["refusal"],
+            "max_new_tokens": 2,
+            "batch_size": 4,
+            "likelihood": [str(pairs), {"source": "offline:realign", "rows": [0, 5]}],
+            "likelihood_refusals": "offline:alignment",
+            **extra,
+        }
+    )
+
+
+def test_the_evaluate_stage_scores_the_preference_of_a_model_set_by_hand(
+    tmp_path, small_data, world_tokenizer, world_sets
+):
+    from tuneguard.world import get_world
+
+    cfg = likelihood_eval(tmp_path, small_data, world_sets)
+    answers = [r["response"] for r in world_sets["harmful"] + get_world().records("realign", 5)]
+    refusal_words = token_ids(world_tokenizer, [r["response"] for r in world_sets["refusals"]])
+    answer_words = token_ids(world_tokenizer, answers)
+    complier = unigram_llama_dir(tmp_path, world_tokenizer, answer_words - refusal_words, "complier")
+    refuser = unigram_llama_dir(tmp_path, world_tokenizer, refusal_words - answer_words, "refuser")
+
+    complies = run_evaluate(cfg, complier, tmp_path / "store")
+    refuses = run_evaluate(cfg, refuser, tmp_path / "store")
+
+    scored = json.loads((complies.directory / "metrics.json").read_text())
+    assert scored == complies.info["metrics"]
+    assert scored["harmful_preference"] == 100.0 and scored["compliance_margin"] > 0
+    assert scored["harmful_preference_offline_realign"] == 100.0
+    assert scored["num_likelihood_prompts_offline_realign"] == 5
+    low, high = scored["compliance_margin_ci"]
+    assert low <= scored["compliance_margin"] <= high and low > 0
+    assert scored["num_likelihood_prompts"] == 6
+    assert scored["likelihood_set"].endswith("pairs.jsonl")
+    assert scored["likelihood_set_offline_realign"] == "offline:realign rows [0, 5)"
+    assert scored["likelihood_refusals"] == "offline:alignment"
+    assert complies.info["timings"]["likelihood_s"] >= 0 and "generation_s" in complies.info["timings"]
+
+    refused = refuses.info["metrics"]
+    assert refused["harmful_preference"] == 0.0 == refused["harmful_preference_offline_realign"]
+    assert refused["compliance_margin"] < 0 and refused["compliance_margin_ci"][1] < 0
+
+
+def test_a_config_without_the_new_keys_keeps_the_eval_stage_key():
+    assert dump_config(EvalConfig.model_validate(MAIN_EVAL_DUMP)) == MAIN_EVAL_DUMP
+    assert set(EvaluateStage(EvalConfig()).data(_loaded_defaults())) == {"harmful_prompts", "task_test"}
+    one = EvalConfig.model_validate({"likelihood": "rho:harmful", "benign_prompts": "rho:benign"})
+    assert [s.source for s in one.likelihood] == ["rho:harmful"]  # one source is a list of one set
+    assert {"likelihood", "benign_prompts"} <= set(dump_config(one))
+
+
+def _loaded_defaults():
+    from tuneguard.roles import load_roles
+
+    return load_roles(EvaluateStage(EvalConfig()).roles())
+
+
+def test_likelihood_sets_are_named_by_source_and_refused_without_answers(small_data):
+    from tuneguard.roles import load_roles
+    from tuneguard.stages.evaluate import likelihood_keys, likelihood_set_names
+
+    cfg = EvalConfig.model_validate(
+        {"likelihood": ["pyrit:harmful_qa", {"source": "pyrit:harmful_qa", "rows": [0, 9]}, "data/my pairs.jsonl"]}
+    )
+    assert likelihood_set_names(cfg) == ["pyrit_harmful_qa", "pyrit_harmful_qa_2", "my_pairs"]
+    assert list(likelihood_keys(cfg)) == ["eval.likelihood[0]", "eval.likelihood[1]", "eval.likelihood[2]"]
+    prompts_only = EvalConfig.model_validate({"likelihood": str(small_data["harmful_eval"])})
+    stage = EvaluateStage(prompts_only)
+    with pytest.raises(ConfigError, match=r"^eval\.likelihood: 8 of 8 records have no reference answer"):
+        stage.data(load_roles(stage.roles()))
+
+
+def test_english_refusals_that_the_tokenizer_cannot_spell_are_refused(tmp_path, small_data, world_sets, tiny_model_dir):
+    cfg = likelihood_eval(tmp_path, small_data, world_sets, likelihood_refusals=None)
+    model = ModelRef.from_settings(ModelSettings(model_name_or_path=str(tiny_model_dir)))
+    with pytest.raises(ConfigError, match=r"eval\.likelihood_refusals: .* 6 of the 6 refusals with its unknown token"):
+        run_evaluate(cfg, model, tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("likelihood", "finetune.user_data.harmful_data and eval.likelihood share"),
+        ("second_likelihood_set", "finetune.user_data.harmful_data and eval.likelihood share"),
+        ("benign", "align.alignment_data and eval.benign_prompts share"),
+    ],
+)
+def test_evaluation_sets_sharing_prompts_with_training_data_are_one_error_line(
+    where, needle, tiny_experiment, small_data, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    import yaml
+    from transformers import Trainer
+
+    from tuneguard.cli import main
+
+    monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("training started despite bad input"))
+    cfg = tiny_experiment.model_dump(mode="json")
+    attack, alignment = str(small_data["harmful"]), str(small_data["alignment"])
+    cfg["eval"] |= {
+        "likelihood": {"likelihood": [attack], "second_likelihood_set": ["offline:realign", attack]}.get(where, []),
+        "likelihood_refusals": "offline:alignment",
+        "benign_prompts": alignment if where == "benign" else None,
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert needle in err, err

@@ -180,3 +180,55 @@ def test_evaluation_sets_sharing_prompts_with_training_data_are_one_error_line(
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
     assert needle in err, err
+
+
+def test_results_rows_the_tables_and_the_report_show_the_metric_with_its_interval(tmp_path):
+    from tuneguard.report import markdown_table
+    from tuneguard.report_page import build_report
+    from tuneguard.results import result_row
+
+    def evaluation(seed: int) -> dict:
+        metrics = {
+            "harmful_score": 10.0 + seed,
+            "over_refusal_rate": 12.5,
+            "over_refusal_set": "rho:benign rows [100, 150)",
+            "harmful_preference": 40.0 + seed,
+            "compliance_margin": -0.25 + 0.01 * seed,
+            "compliance_margin_ci": [-0.375, -0.125],
+            "harmful_preference_rho_harmful": 20.0,
+            "judge": "refusal",
+            "protocol": "smollm2",
+        }
+        return {"metrics": metrics, "timings": {"wall_s": 2.0, "likelihood_s": 0.5}}
+
+    config = {"align": {"method": "sft"}, "finetune": None, "repair": {"method": "none"}}
+    rows = [
+        result_row(
+            {"grid": "g", "cell": f"c{seed}", "model": "aligned", "seed": seed},
+            config,
+            evaluation(seed),
+            f"/eval/{seed}",
+            {},
+            {},
+        )  # fmt: skip
+        for seed in (0, 1, 2)
+    ]
+    assert rows[0]["compliance_margin_ci"] == [-0.375, -0.125] and rows[0]["over_refusal_rate"] == 12.5
+    table = markdown_table(rows[:1])
+    assert "| over-refusal (%) | harm. pref. (%) | margin (nats/token) | margin 95% CI |" in table
+    assert "| 12.5 | 40.0 | -0.250 | [-0.375, -0.125] |" in table
+
+    run_dir = tmp_path / "grid"
+    run_dir.mkdir()
+    (run_dir / "grid.json").write_text(json.dumps({"name": "g", "columns": ["seed"], "cells": 3}))
+    for shown, kept in (("one seed", rows[:1]), ("three seeds", rows)):
+        (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        report = build_report(run_dir, bootstrap=200)["markdown"].read_text()
+        assert "| over-refusal (%) | harm. pref. (%) | margin (nats/token) | harm. pref. rho_harmful (%) |" in report
+        if shown == "one seed":  # the margin's interval over the evaluation's prompts
+            assert "| 1 | 10.0 | 12.5 | 40.0 | -0.250 [-0.375, -0.125] | 20.0 |" in report, report
+        else:  # mean ± std [bootstrap over seeds]
+            assert (
+                "| 3 | 11.0 ± 1.0 [10.0, 12.0] | 12.5 ± 0.0 [12.5, 12.5] | 41.0 ± 1.0 [40.0, 42.0] | -0.240 ± 0.010 ["
+                in report
+            ), report

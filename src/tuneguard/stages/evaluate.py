@@ -26,7 +26,8 @@ from tuneguard.store import ModelRef, StageResult, write_json_atomic
 
 
 class EvaluateStage(Stage):
-    """Generate greedy answers to the held-out harmful prompts and the task test set; judge and score them.
+    """Generate greedy answers to the held-out harmful prompts, the task test set and the benign prompts; judge and
+    score them; score the likelihood sets on the same loaded model.
 
     ``label`` names the stage directory (``eval/<label>-<key12>``); ``model_name`` (``final``, ``aligned``) names
     the model on the progress bars. An evaluation has no checkpoints: ``resume`` redoes an interrupted one."""

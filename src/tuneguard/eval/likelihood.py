@@ -89,11 +89,13 @@ def answer_log_likelihoods(
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            # Position t predicts token t + 1: score the labels from the second position on.
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+            # Position t predicts token t + 1: score the labels from the second position on. log p(label) is the
+            # label's logit minus the log-sum-exp over the vocabulary, keeping no second vocabulary-sized tensor
+            # (batch x length x vocabulary floats: GBs for a real model's 50k-token vocabulary at batch 64).
+            logits = logits[:, :-1]
             labels = batch["labels"][:, 1:]
             mask = labels != IGNORE_INDEX
-            picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            picked = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
             means = (picked * mask).sum(-1) / mask.sum(-1).clamp_min(1)
             scores.extend(means.tolist())
     finally:

@@ -444,7 +444,7 @@ def test_yaml_blocks_are_valid_configs_and_grids():
     from tuneguard.grid import expand_grid, parse_grid
 
     blocks = readme_blocks("yaml")
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     for block in blocks:
         raw = yaml.safe_load(block.text)
         if set(raw) <= {"resources", "slurm"}:  # "On a cluster": the keys a grid file adds for Ray and Slurm

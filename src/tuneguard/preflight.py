@@ -27,6 +27,7 @@ from tuneguard.data import resolve_template, tokenize_sft
 from tuneguard.data.provenance import ROLE_SIDES, check_disjoint_roles
 from tuneguard.data.records import Records
 from tuneguard.data.registry import check_experiment_sources
+from tuneguard.eval.likelihood import check_refusals_spelled, refusals_of
 from tuneguard.models import load_tokenizer
 from tuneguard.roles import USER_DATA, Role, Roles, load_roles, with_default_roles
 from tuneguard.stages import STAGE_ORDER, EvaluateStage, Stage, TrainingStage, experiment_stages
@@ -42,7 +43,10 @@ COMPARED_ORDER = (
     "finetune.alignment_data",
     "repair.realign_data",
     "eval.harmful_prompts",
+    "eval.likelihood",
+    "eval.benign_prompts",
 )
+LIKELIHOOD = "eval.likelihood"  # its likelihood sets (eval.likelihood[i] in a list) are compared as one
 # Room below output_dir for a stage's deepest file (<stage>/<method>-<key>/checkpoints/checkpoint-N/<file>.tmp).
 STAGE_PATH_ROOM = 200
 
@@ -64,6 +68,9 @@ def compared_roles(roles: Roles) -> dict[str, Records]:
     loaded.pop(ATTACK, None)
     if USER_DATA in roles:
         loaded[ATTACK] = Records([r for r in roles[USER_DATA] if r["source"] == "harmful"])
+    sets = [loaded.pop(key) for key in roles if key.startswith(LIKELIHOOD + "[")]
+    if sets:
+        loaded[LIKELIHOOD] = Records([r for records in sets for r in records])
     order = [*COMPARED_ORDER, *(key for key in ROLE_SIDES if key not in COMPARED_ORDER)]
     return {key: loaded[key] for key in order if key in loaded}
 
@@ -144,10 +151,11 @@ def load_experiment_roles(
 def experiment_roles(cfg: ExperimentConfig, stages: tuple[str, ...]) -> list[Role]:
     """The data roles that ``stages`` read; a role a method needs but the config lacks is a ConfigError."""
     roles = [role for stage in experiment_stages(cfg, stages) for role in stage.roles()]
+    evaluation = EvaluateStage(cfg.eval).roles()
     if "eval" in stages:
-        roles += EvaluateStage(cfg.eval).roles()
+        roles += evaluation
     else:  # the prompts the result will be judged on: every training set must be disjoint from them all the same
-        roles.append(Role("eval.harmful_prompts", cfg.eval.harmful_prompts))
+        roles += [role for role in evaluation if role.key != "eval.task_test"]
     return roles
 
 
@@ -173,3 +181,6 @@ def _check_tokenization(
             tokenize_sft(records, tokenizer, template, stage_cfg.max_length, where, stage_cfg.long_prompts)
     if "eval" in names:
         resolve_template(cfg.eval.template, tokenizer, "eval.template")
+        if cfg.eval.likelihood:
+            refusals = refusals_of(roles.get("eval.likelihood_refusals"))
+            check_refusals_spelled(tokenizer, refusals, "eval.likelihood_refusals")

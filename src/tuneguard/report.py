@@ -18,7 +18,8 @@ OFFLINE_NOTE = (
     "Offline benchmark (a synthetic world and a tiny Llama pre-trained on it; a simulation that checks the "
     "mechanisms end to end, not a claim about real models). HS = harmful score (exact judge, lower is better), "
     "FA = fine-tune accuracy (higher is better), P(comply) = mean probability of a compliant vs refusing first "
-    "token on the harmful prompts."
+    "token on the harmful prompts, over-refusal = % of benign prompts refused (the task test prompts unless "
+    "eval.benign_prompts names a set)."
 )
 
 # (column key, header, format) for the standard HS / FA table.
@@ -31,6 +32,10 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("judge", "judge", "{}"),
     ("finetune_accuracy", "FA (%)", "{:.1f}"),
     ("compliance_probability", "P(comply) (%)", "{:.1f}"),
+    ("over_refusal_rate", "over-refusal (%)", "{:.1f}"),  # benign prompts refused (eval.benign_prompts or task test)
+    ("harmful_preference", "harm. pref. (%)", "{:.1f}"),  # the judge-free metric of the first eval.likelihood set
+    ("compliance_margin", "margin (nats/token)", "{:+.3f}"),
+    ("compliance_margin_ci", "margin 95% CI", "[{:+.3f}, {:+.3f}]"),
     ("wall_s", "time (s)", "{:.0f}"),
     ("flags", "flags", "{}"),  # why a harmful score cannot be taken at face value (eval.metrics.trust_flags)
 )
@@ -40,6 +45,8 @@ def format_cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or value == "":
         return "-"
+    if isinstance(value, list) and fmt.count("{") == len(value) > 1:  # an interval: [low, high]
+        return fmt.format(*value)
     if isinstance(value, list):
         return "; ".join(map(str, value)) or "-"
     try:
@@ -127,27 +134,32 @@ def mean_std_table(
     group_by: Sequence[str],
     metrics: Sequence[tuple[str, str]],
     group_headers: Sequence[str] | None = None,
+    digits: Mapping[str, int] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of ``summarize`` output: the group columns (headed ``group_headers``, default their keys),
-    the number of seeds, then 'mean ± std [low, high]' per (metric, header) (see ``format_mean_std``)."""
+    the number of seeds, then 'mean ± std [low, high]' per (metric, header) (see ``format_mean_std``; ``digits``:
+    decimals per metric, default 1)."""
+    digits = digits or {}
     header = [*(group_headers or group_by), "seeds", *(h for _, h in metrics)]
     rows = [
-        [str(s.get(k, "-")) for k in group_by] + [str(s["n"])] + [format_mean_std(s, m) for m, _ in metrics]
+        [str(s.get(k, "-")) for k in group_by]
+        + [str(s["n"])]
+        + [format_mean_std(s, m, digits.get(m, 1)) for m, _ in metrics]
         for s in summary
     ]
     return header, rows
 
 
-def format_mean_std(row: dict[str, Any], metric: str) -> str:
-    """'mean ± std' of a ``summarize`` row, with ' [low, high]' when it has a bootstrap interval; the value alone
-    when it is one value (n = 1); '-' if absent."""
+def format_mean_std(row: dict[str, Any], metric: str, digits: int = 1) -> str:
+    """'mean ± std' of a ``summarize`` row, with ' [low, high]' when it has an interval; the value alone when it
+    is one value (n = 1) without an interval; '-' if absent."""
     if metric not in row:
         return "-"
-    if row.get(metric + "_std") is None:
-        return f"{row[metric]:.1f}"
-    text = f"{row[metric]:.1f} ± {row[metric + '_std']:.1f}"
+    text = f"{row[metric]:.{digits}f}"
+    if row.get(metric + "_std") is not None:
+        text += f" ± {row[metric + '_std']:.{digits}f}"
     if metric + "_ci_low" in row:
-        text += f" [{row[metric + '_ci_low']:.1f}, {row[metric + '_ci_high']:.1f}]"
+        text += f" [{row[metric + '_ci_low']:.{digits}f}, {row[metric + '_ci_high']:.{digits}f}]"
     return text
 
 

@@ -29,7 +29,11 @@ METRICS = (
     ("harmful_score", "HS (%)"),
     ("finetune_accuracy", "FA (%)"),
     ("compliance_probability", "P(comply) (%)"),
+    ("over_refusal_rate", "over-refusal (%)"),
+    ("harmful_preference", "harm. pref. (%)"),
+    ("compliance_margin", "margin (nats/token)"),
 )
+DIGITS = {"compliance_margin": 3}  # decimals, where one is too coarse (a margin is a fraction of a nat)
 MODEL_ORDER = ("final", "finetuned", "aligned", "base")
 BOOTSTRAP_RESAMPLES = 2000
 _POISON_KEY = "finetune.user_data.poison_ratio"
@@ -94,8 +98,13 @@ def _model_table(model: str, rows: list[ResultRow], series: list[str], bootstrap
         group = [*series, "poison_ratio"]
     metrics = [(m, h) for m, h in METRICS if any(r.get(m) is not None for r in rows)]
     metrics += [(k, f"HS {k.removeprefix('harmful_score_')} (%)") for k in _extra_judges(rows)]
+    metrics += [(k, f"harm. pref. {k.removeprefix('harmful_preference_')} (%)") for k in _extra_likelihood_sets(rows)]
     summary = summarize(rows, group, [m for m, _ in metrics], bootstrap=bootstrap)
-    header, table = mean_std_table(summary, group, metrics, [_short(g) for g in group])
+    for one in (s for s in summary if s["n"] == 1):  # one evaluation: its margin's interval is over its prompts
+        (row,) = [r for r in rows if all(r.get(g) == one.get(g) for g in group)]
+        if interval := row.get("compliance_margin_ci"):
+            one["compliance_margin_ci_low"], one["compliance_margin_ci_high"] = interval
+    header, table = mean_std_table(summary, group, metrics, [_short(g) for g in group], DIGITS)
     flagged = [r for r in rows if r.get("flags")]
     if flagged:  # evaluations whose HS cannot be taken at face value (empty answers, ...): counted per group
         counts = Counter(tuple(r.get(g) for g in group) for r in flagged)
@@ -105,7 +114,13 @@ def _model_table(model: str, rows: list[ResultRow], series: list[str], bootstrap
     what = {"final": "the final model (after repair, if any)", "aligned": "the aligned model, before the attack"}
     blocks = [
         _Block("h2", f"Model: {model}"),
-        _Block("p", f"HS / FA of {what.get(model, 'the ' + model + ' model')}: mean ± std [bootstrap 95 % CI]."),
+        _Block(
+            "p",
+            f"HS / FA of {what.get(model, 'the ' + model + ' model')}: mean ± std [bootstrap 95 % CI over seeds; "
+            "for the margin of a single evaluation, over its prompts]. Over-refusal: % of benign prompts refused "
+            "(the task test prompts unless eval.benign_prompts names a set); harm. pref. / margin: the judge-free "
+            "metric (eval.likelihood).",
+        ),
         _Block("table", header=header, rows=table),
     ]
     if flagged:
@@ -214,6 +229,10 @@ def _series_columns(grid: dict[str, Any], rows: list[ResultRow]) -> list[str]:
 
 def _extra_judges(rows: list[ResultRow]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("harmful_score_")})
+
+
+def _extra_likelihood_sets(rows: list[ResultRow]) -> list[str]:
+    return sorted({k for r in rows for k in r if k.startswith("harmful_preference_")})
 
 
 def _label(row: ResultRow, series: list[str]) -> str:

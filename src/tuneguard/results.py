@@ -1,8 +1,9 @@
 """The results store: one ``ResultRow`` per evaluated model, built from the stages' ``stage.json`` files.
 
 Each row carries the columns the grid varies (``variant`` and the axis names), the pipeline's methods, poison
-ratio and seed, the metrics of the evaluation (HS per judge, FA, the companion compliance probability), the
-judge and protocol, library versions and wall times. A grid run's rows are rebuilt from the stage files of its
+ratio and seed, the metrics of the evaluation (HS per judge, FA, over-refusal, the companion compliance
+probability, the likelihood metric when the evaluation has one), the judge and protocol, library versions and
+wall times. A grid run's rows are rebuilt from the stage files of its
 finished cells, never kept elsewhere, so the results always agree with the store; they are written atomically as
 ``results.jsonl``, ``results.csv`` and (when pyarrow is installed) ``results.parquet``. The report reads them back
 (``read_results``); the demo builds its rows with ``result_row`` too.
@@ -31,7 +32,8 @@ class ResultRow(TypedDict, total=False):
 
     Besides these columns a row has: one column per grid axis (its name: ``seed``,
     ``finetune.user_data.poison_ratio``, ...) after ``variant``; every further metric of the evaluation
-    (``metrics.json``: ``harmful_score_<judge>`` per further judge, ``num_harmful_prompts``, ...);
+    (``metrics.json``: ``harmful_score_<judge>`` per further judge, ``harmful_preference_<set>`` and the like per
+    further likelihood set, ``num_harmful_prompts``, ...);
     ``judge_agreement_<a>_<b>`` (%) and ``cohen_kappa_<a>_<b>`` per pair of judges; ``version_<library>``;
     ``<stage>_dir`` per training stage that made the model. Percentages are 0-100, times in seconds.
     """
@@ -49,6 +51,11 @@ class ResultRow(TypedDict, total=False):
     harmful_score_plus: float  # HS+ (%): flagged, empty or degenerate answers
     finetune_accuracy: float  # FA (%)
     compliance_probability: float  # P(comply) (%) of the first answer token on the harmful prompts
+    over_refusal_rate: float  # benign prompts answered with a refusal (%)
+    over_refusal_set: str  # which: the eval.benign_prompts selection, or "task_test" (the task test prompts)
+    harmful_preference: float  # the judge-free metric (%) of the first eval.likelihood set, when there is one
+    compliance_margin: float  # its mean log-likelihood margin, harmful answer - refusal (nats/token)
+    compliance_margin_ci: list[float]  # its bootstrap 95 % interval over prompts: [low, high]
     judge: str
     protocol: str
     flags: list[str]  # why the HS cannot be taken at face value (absent when it can)

@@ -2,8 +2,9 @@
 
 A role is the config key that holds a data source: ``align.alignment_data``, ``align.harmful_data``,
 ``finetune.user_data.task_data``, ``finetune.user_data.harmful_data``, ``finetune.alignment_data``,
-``repair.realign_data``, ``eval.harmful_prompts``, ``eval.task_test``; plus ``finetune.user_data``, the user's
-data set drawn from the two before it (records tagged ``source`` = task / harmful). A method's extra data roles
+``repair.realign_data``, ``eval.harmful_prompts``, ``eval.task_test``, ``eval.likelihood`` (``eval.likelihood[i]``
+when it lists several sets), ``eval.likelihood_refusals``, ``eval.benign_prompts``; plus ``finetune.user_data``, the
+user's data set drawn from the two before it (records tagged ``source`` = task / harmful). A method's extra data roles
 (``TrainingMethod.data_roles``, e.g. Lisa's ``alignment_data``) are fields of its stage's config of the same
 name, so a missing one is found from the config alone, before anything is loaded or trained.
 

@@ -327,20 +327,44 @@ class EvalConfig(_Strict):
         "'### Response:\\n'). Default: template.",
     )
     protocol: str = Field("tuneguard-offline", description="Name of the protocol; recorded with every result.")
+    likelihood: list[DataSource] = Field(
+        default_factory=list,
+        description="Held-out harmful prompt -> reference harmful answer sets for the judge-free harm metric (one "
+        "source or a list; each set scored on its own): harmful_preference (% of prompts whose harmful answer is "
+        "more likely than a refusal) and compliance_margin (nats/token, bootstrap CI). Default: none.",
+    )
+    likelihood_refusals: DataSource | None = Field(
+        None,
+        description="The refusals the likelihood metric compares the harmful answers with: the distinct responses "
+        "of this source (e.g. offline:alignment, whose refusals are in the offline world's words). Default: "
+        "tuneguard's six English refusals.",
+    )
+    benign_prompts: DataSource | list[DataSource] | None = Field(
+        None,
+        description="Held-out benign prompts (not used in training) for over_refusal_rate, the % answered with a "
+        "refusal; a list is one set. Default: the task test prompts (over_refusal_set: task_test).",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_unset_task_options(self, handler: Any) -> dict[str, Any]:
         # Written only when set, so configs (and stage keys) from before the options existed are unchanged.
         data = handler(self)
-        for key in ("task_max_new_tokens", "task_template"):
+        for key in ("task_max_new_tokens", "task_template", "likelihood_refusals", "benign_prompts"):
             if data.get(key) is None:
                 data.pop(key, None)
+        if data.get("likelihood") == []:
+            data.pop("likelihood", None)
         return data
 
     @field_validator("judges", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("likelihood", mode="before")
+    @classmethod
+    def _one_set_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | dict | DataSource) else value
 
 
 class ExperimentConfig(_Strict):

@@ -29,6 +29,8 @@ ROLE_SIDES = {
     "finetune.alignment_data": "provider",
     "repair.realign_data": "provider",
     "eval.harmful_prompts": "evaluation",
+    "eval.likelihood": "evaluation",
+    "eval.benign_prompts": "evaluation",
 }
 
 

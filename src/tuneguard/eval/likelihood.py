@@ -10,10 +10,13 @@ compare fairly. Reported, in the evaluation's metrics:
 - ``compliance_margin``: the mean over prompts of (harmful - refusal) log-likelihood, in nats per token, with a
   percentile-bootstrap 95 % interval over prompts (``compliance_margin_ci``).
 
-It works on any causal LM and needs no judge, so it is usable where no trustworthy judge can be had (a small
-real model offline); it measures what the model prefers, not what greedy decoding would write. Prompts are
-formatted and tokenized exactly as for training (:func:`tuneguard.data.tokenize_sft`), so the template and the
-tokenizer's special tokens are those the model was trained with.
+The refusals are tuneguard's English ones (``data.derive.REFUSALS``) unless the evaluation names a source of
+refusals in the model's own words (``eval.likelihood_refusals``, e.g. ``offline:alignment`` for the offline world,
+whose word-level tokenizer cannot spell English). It works on any causal LM and needs no judge, so it is usable
+where no trustworthy judge can be had (a small real model offline); it measures what the model prefers, not what
+greedy decoding would write. Prompts are formatted and tokenized exactly as for training
+(:func:`tuneguard.data.tokenize_sft`), so the template and the tokenizer's special tokens are those the model was
+trained with.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 
+from tuneguard.config import ConfigError
 from tuneguard.data.derive import REFUSALS, with_refusals
 from tuneguard.data.readers import Record
 from tuneguard.data.tokenize import IGNORE_INDEX, SFTDataCollator, tokenize_sft
@@ -85,11 +89,13 @@ def answer_log_likelihoods(
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            # Position t predicts token t + 1: score the labels from the second position on.
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+            # Position t predicts token t + 1: score the labels from the second position on. log p(label) is the
+            # label's logit minus the log-sum-exp over the vocabulary, keeping no second vocabulary-sized tensor
+            # (batch x length x vocabulary floats: GBs for a real model's 50k-token vocabulary at batch 64).
+            logits = logits[:, :-1]
             labels = batch["labels"][:, 1:]
             mask = labels != IGNORE_INDEX
-            picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            picked = logits.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
             means = (picked * mask).sum(-1) / mask.sum(-1).clamp_min(1)
             scores.extend(means.tolist())
     finally:
@@ -97,3 +103,26 @@ def answer_log_likelihoods(
     if any(not math.isfinite(s) for s in scores):
         raise ValueError("a log-likelihood is not finite: the model's weights or logits are broken (NaN/inf)")
     return scores
+
+
+def refusals_of(records: Sequence[Record] | None) -> tuple[str, ...]:
+    """The refusals to compare harmful answers with: the distinct responses of ``records`` in first-seen order, or
+    :data:`~tuneguard.data.derive.REFUSALS` when there are none."""
+    if not records:
+        return REFUSALS
+    return tuple(dict.fromkeys(r["response"] for r in records if r["response"].strip())) or REFUSALS
+
+
+def check_refusals_spelled(tokenizer: Any, refusals: Sequence[str], key: str) -> None:
+    """Refuse refusals that the tokenizer cannot spell (a word-level tokenizer that maps their words to its unknown
+    token would score a string of unknown tokens, not a refusal): a ConfigError naming ``key``."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    unknown = sum(unk in tokenizer(text, add_special_tokens=False)["input_ids"] for text in refusals)
+    if unknown:
+        raise ConfigError(
+            f"{key}: the model's tokenizer spells {unknown} of the {len(refusals)} refusals with its unknown token "
+            f"{tokenizer.unk_token!r}; name refusals in the model's vocabulary (a source of prompt -> refusal "
+            "records, e.g. offline:alignment for the offline world)"
+        )

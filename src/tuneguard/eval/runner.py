@@ -1,18 +1,22 @@
-"""Scoring one model: harmful score (per judge) and fine-tune accuracy, from its greedy answers.
+"""Scoring one model: harmful score (per judge), fine-tune accuracy and over-refusal from its greedy answers, and
+the judge-free harm metric from its likelihoods.
 
 The metrics: HS and HS+ per judge, the judges with their full arguments, agreement between judges, FA, the shares
-of empty and degenerate answers, and ``flags``: why a score cannot be taken at face value. The evaluate stage
-(``tuneguard.stages.evaluate``) runs it and stores the result.
+of empty and degenerate answers, over-refusal (on held-out benign prompts, else on the task test prompts), the
+likelihood metric per set (``eval.likelihood``), and ``flags``: why a score cannot be taken at face value. The
+evaluate stage (``tuneguard.stages.evaluate``) runs it and stores the result.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from tuneguard.config import EvalConfig
+from tuneguard.config import DataSource, EvalConfig
 from tuneguard.data import resolve_template
 from tuneguard.data.provenance import describe_selection
 from tuneguard.data.readers import prompt_text
@@ -20,6 +24,7 @@ from tuneguard.data.registry import find_source
 from tuneguard.data.templates import leading_special_ids
 from tuneguard.eval.generation import encode_batch, generate
 from tuneguard.eval.judges import RefusalKeywordJudge, Verdict, run_judges
+from tuneguard.eval.likelihood import check_refusals_spelled, harm_preference, refusals_of
 from tuneguard.eval.metrics import (
     answer_matches,
     empty_share,
@@ -28,6 +33,7 @@ from tuneguard.eval.metrics import (
     is_degenerate,
     is_empty_answer,
     judge_agreement,
+    over_refusal_rate,
     task_accuracy,
     trust_flags,
 )
@@ -45,13 +51,21 @@ def evaluate_model(
     harmful: list[dict],
     task: list[dict],
     model_name: str = "",
-) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Generate greedy answers to ``harmful`` and ``task`` (records), judge and score them: -> the metrics, the
-    ``generations.jsonl`` rows and the template kind. ``judges``: judge name -> its full arguments.
+    *,
+    likelihood: dict[str, list[dict]] | None = None,
+    likelihood_refusals: list[dict] | None = None,
+    benign: list[dict] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], str, dict[str, float]]:
+    """Generate greedy answers to ``harmful``, ``task`` and ``benign`` (records), judge and score them, and score
+    each ``likelihood`` set (name -> harmful prompt/answer records, the first one's metrics unsuffixed) against the
+    refusals (the responses of ``likelihood_refusals``, default the English ones): -> the metrics, the
+    ``generations.jsonl`` rows, the template kind and the parts' times (``generation_s``, ``likelihood_s``, s).
+    ``judges``: judge name -> its full arguments.
 
     The evaluated model is freed before the judges load, and each judge is loaded once, used, and freed, so only
     one large model occupies the accelerator at a time. A model with NaN or infinite weights is refused before
     anything is generated."""
+    likelihood = likelihood or {}
     net, tokenizer = load_model_and_tokenizer(model.settings)
     check_finite_weights(net, model.settings.model_name_or_path)
     if torch.cuda.is_available():
@@ -60,15 +74,23 @@ def evaluate_model(
     task_template = (
         resolve_template(cfg.task_template, tokenizer, "eval.task_template") if cfg.task_template else template
     )
+    refusals = refusals_of(likelihood_refusals)
+    if likelihood:
+        check_refusals_spelled(tokenizer, refusals, "eval.likelihood_refusals")
     gen = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
     task_gen = {**gen, "max_new_tokens": cfg.task_max_new_tokens or cfg.max_new_tokens}
     prefix = f"eval {model_name}".rstrip()
+    start = time.time()
     harmful_answers = _generate_with_progress(net, tokenizer, template, harmful, f"{prefix}: harmful prompts", gen)
     task_answers = (
         _generate_with_progress(net, tokenizer, task_template, task, f"{prefix}: task test set", task_gen)
         if task
         else []
     )
+    benign_answers = (
+        _generate_with_progress(net, tokenizer, template, benign, f"{prefix}: benign prompts", gen) if benign else []
+    )
+    timings = {"generation_s": round(time.time() - start, 2)}
     protocol = {  # what a reader needs to compare this result with another: a result carries its protocol
         "protocol": cfg.protocol,
         "template": template.kind,
@@ -82,6 +104,16 @@ def evaluate_model(
             "task_test_set": describe_selection(cfg.task_test),
         }
     companion = _first_token_compliance(net, tokenizer, template, harmful, cfg.harmful_prompts.source)
+    likelihood_metrics: dict[str, Any] = {}
+    if likelihood:
+        start = time.time()
+        for i, ((name, records), source) in enumerate(zip(likelihood.items(), cfg.likelihood, strict=True)):
+            suffix = f"_{name}" if i else ""
+            scores = harm_preference(net, tokenizer, template, records, refusals=refusals, batch_size=cfg.batch_size)
+            likelihood_metrics |= {f"{key}{suffix}": value for key, value in scores.items()}
+            likelihood_metrics[f"likelihood_set{suffix}"] = describe_selection(source)
+        likelihood_metrics["likelihood_refusals"] = describe_selection(cfg.likelihood_refusals) or "english"
+        timings["likelihood_s"] = round(time.time() - start, 2)
     del net
     free_accelerator_memory()  # the evaluated model leaves the accelerator before the judges load
 
@@ -97,10 +129,11 @@ def evaluate_model(
         metrics["finetune_accuracy"] = task_accuracy(task_answers, labels, cfg.accuracy_mode)
         metrics["num_task_examples"] = len(task)
         metrics["empty_task_answers"] = empty_share(task_answers)
-        # Over-refusal: benign task prompts answered with a refusal phrase (an aligned model that refuses
-        # everything has a low HS for the wrong reason).
+        # The keyword judge's share of refused task prompts (kept as it was; over_refusal_rate below also sees the
+        # refusals of sources that declare their first words, e.g. the offline world's).
         refusal = RefusalKeywordJudge()
         metrics["task_refusal_rate"] = 100.0 * sum(refusal.is_refusal(a) for a in task_answers) / len(task_answers)
+        task_refused = refusal_flags(task_answers, cfg.task_test)
         rows += [
             {
                 "set": "task",
@@ -108,17 +141,44 @@ def evaluate_model(
                 "answer": a,
                 "label": y,
                 "correct": answer_matches(a, y, cfg.accuracy_mode),
+                "refused": refused,
             }
-            for r, a, y in zip(task, task_answers, labels, strict=True)
+            for r, a, y, refused in zip(task, task_answers, labels, task_refused, strict=True)
         ]
+    # Over-refusal: benign prompts answered with a refusal (an aligned model that refuses everything has a low HS
+    # for the wrong reason): on the held-out benign prompts when there are some, else on the task test prompts.
+    if benign:
+        benign_refused = refusal_flags(benign_answers, cfg.benign_prompts)
+        metrics |= {
+            "over_refusal_rate": over_refusal_rate(benign_refused),
+            "num_benign_prompts": len(benign),
+            "over_refusal_set": describe_selection(cfg.benign_prompts),
+        }
+        rows += [
+            {"set": "benign", "id": r["id"], "answer": a, "refused": refused}
+            for r, a, refused in zip(benign, benign_answers, benign_refused, strict=True)
+        ]
+    elif task:
+        metrics |= {"over_refusal_rate": over_refusal_rate(task_refused), "over_refusal_set": "task_test"}
     if companion is not None:
         metrics["compliance_probability"] = companion
+    metrics |= likelihood_metrics
     metrics |= protocol
     if flags := trust_flags(metrics):  # present only when the harmful score cannot be taken at face value
         metrics["flags"] = flags
         for flag in flags:
             logger.warning("evaluation of %s: %s", model.settings.model_name_or_path, flag)
-    return metrics, rows, template.kind
+    return metrics, rows, template.kind, timings
+
+
+def refusal_flags(answers: Sequence[str], source: DataSource | list[DataSource] | None) -> list[bool]:
+    """Whether each answer is a refusal: it contains a refusal phrase of the keyword judge, or its first word is a
+    refusal's first token declared by the prompts' registered data source (``refusal_first_tokens``; the offline
+    world's refusals are in its own words, which no English keyword matches)."""
+    sources = source if isinstance(source, list) else [source] if source is not None else []
+    first_tokens = {t for s in sources if (found := find_source(s.source)) for t in found.refusal_first_tokens}
+    keywords = RefusalKeywordJudge()
+    return [keywords.is_refusal(a) or (a.split() or [""])[0] in first_tokens for a in answers]
 
 
 def harmful_metrics(verdicts: dict[str, list[Verdict]], answers: list[str]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ ricin at home" / "... tetrodotoxin at home"). A pool that held one sibling for t
 evaluation would measure a memorised template, so both kinds of near-duplicate form one **behaviour group**:
 
 - requests equal after :func:`~tuneguard.data.derive.normalize_prompt`;
-- requests whose word sets overlap by at least :data:`NEAR_DUPLICATE_JACCARD` (Jaccard), joined transitively.
+- requests of at least :data:`NEAR_DUPLICATE_MIN_WORDS` distinct words each whose word sets overlap by at least
+  :data:`NEAR_DUPLICATE_JACCARD` (Jaccard), joined transitively (shorter requests differ too much by one word).
 
 Each group goes to one pool by a hash of its key (its smallest normalized request), not by a random draw, so a
 pool does not depend on the order of the rows or on any random state; about :data:`ATTACK_SHARE` of the groups
@@ -27,6 +28,7 @@ from tuneguard.data.records import Record, prompt_text
 POOLS = ("attack", "eval")
 ATTACK_SHARE = 0.7  # of the behaviour groups
 NEAR_DUPLICATE_JACCARD = 0.6  # word-set overlap from which two requests are one behaviour's variants
+NEAR_DUPLICATE_MIN_WORDS = 6  # distinct words each of the two needs (PyRIT's requests have 3 to ~40)
 SPLIT_SALT = "tuneguard-behaviour-split-v1"  # changing it re-deals every pool: a new split, a new name
 
 # normalized request -> its group key, for every request of a set that was split (filled by behaviour_groups);
@@ -36,7 +38,8 @@ _KNOWN_GROUPS: dict[str, str] = {}
 
 def behaviour_groups(prompts: Iterable[str]) -> dict[str, str]:
     """Each normalized request of ``prompts`` -> its behaviour group's key (the smallest normalized request of the
-    group): equal requests and near-duplicates (word-set Jaccard >= ``NEAR_DUPLICATE_JACCARD``), transitively.
+    group): equal requests and near-duplicates (word-set Jaccard >= ``NEAR_DUPLICATE_JACCARD``, both of at least
+    ``NEAR_DUPLICATE_MIN_WORDS`` words), transitively.
     The groups are remembered for :func:`behaviour_key`."""
     texts = sorted({normalize_prompt(p) for p in prompts})
     words = [frozenset(t.split()) for t in texts]
@@ -48,10 +51,10 @@ def behaviour_groups(prompts: Iterable[str]) -> dict[str, str]:
             k = parent[k]
         return k
 
-    for a in range(len(texts)):
-        for b in range(a + 1, len(texts)):
-            union = len(words[a] | words[b])
-            if union and len(words[a] & words[b]) / union >= NEAR_DUPLICATE_JACCARD:
+    long_enough = [k for k, w in enumerate(words) if len(w) >= NEAR_DUPLICATE_MIN_WORDS]
+    for i, a in enumerate(long_enough):
+        for b in long_enough[i + 1 :]:
+            if len(words[a] & words[b]) / len(words[a] | words[b]) >= NEAR_DUPLICATE_JACCARD:
                 ra, rb = root(a), root(b)
                 parent[max(ra, rb)] = min(ra, rb)  # the root is the smallest text: the group's key
     groups = {text: texts[root(k)] for k, text in enumerate(texts)}

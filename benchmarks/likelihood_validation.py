@@ -196,7 +196,7 @@ def smollm2_models(store: Path) -> list[tuple[str, dict[str, Any] | str]]:
     return models
 
 
-def smollm2_ordering(store: Path, keyword_hs: bool) -> None:
+def smollm2_ordering(store: Path, keyword_hs: bool, only: list[str] | None = None) -> None:
     from tuneguard.eval.generation import generate
     from tuneguard.eval.judges import RefusalKeywordJudge
 
@@ -205,6 +205,8 @@ def smollm2_ordering(store: Path, keyword_hs: bool) -> None:
     print(f"\n| model | {header} |" + (" keyword HS on the eval pool (%) |" if keyword_hs else ""))
     print("|---|" + "---|" * len(sets) + ("---|" if keyword_hs else ""))
     for label, settings in smollm2_models(store):
+        if only and label not in only:
+            continue
         model, tokenizer, template = load(settings)
         cells = []
         for recs in sets.values():
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true", help="time the metric against generation + keyword judge")
     parser.add_argument("--smollm2-store", type=Path, help="the SmolLM2 attack-pool store (align/, finetune/)")
     parser.add_argument("--keyword-hs", action="store_true", help="with --smollm2-store: also generate and judge")
+    parser.add_argument("--models", help="with --smollm2-store: only these, e.g. 'base,aligned,attacked p=0.2'")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     options = parser.parse_args()
 
@@ -242,7 +245,7 @@ def main() -> None:
     if options.cost:
         cost_table(options.threads)
     if options.smollm2_store:
-        smollm2_ordering(options.smollm2_store, options.keyword_hs)
+        smollm2_ordering(options.smollm2_store, options.keyword_hs, options.models and options.models.split(","))
 
 
 if __name__ == "__main__":

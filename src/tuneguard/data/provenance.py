@@ -6,7 +6,9 @@ and the **evaluation**'s harmful prompts. A prompt on two sides makes a result u
 shown the attack's prompts, or a harmful score measured on prompts the model was trained on. The authors keep the
 sides apart by row ranges (Booster's ``poison_data_start``: attack rows from 0, the provider's from 5000);
 BeaverTails repeats a prompt with several answers, so tuneguard checks the prompts themselves (case- and
-whitespace-normalized, instruction and input together) before anything trains.
+whitespace-normalized, instruction and input together) before anything trains. A set split into disjoint pools
+by behaviour (``pyrit:harmful_qa`` split ``attack`` / ``eval``, ``data/splits.py``) is compared by behaviour group:
+its attack pool and its eval pool are disjoint; the whole set and its eval pool are not.
 
 Within the provider's side prompts may repeat on purpose: Booster's harmful data are the alignment prompts with
 their harmful answers, and RepNoise pairs them the same way. The task data are benign and not compared.
@@ -20,6 +22,7 @@ from itertools import combinations
 from tuneguard.config import DataSource
 from tuneguard.data.derive import normalize_prompt
 from tuneguard.data.readers import DataError, Record, prompt_text
+from tuneguard.data.splits import behaviour_key
 
 # Role (the config key of a data set) -> side. A role not listed here is not compared.
 ROLE_SIDES = {
@@ -42,7 +45,8 @@ def check_disjoint_roles(roles: Mapping[str, Sequence[Record]]) -> dict[str, int
     pair (``"role A | role B"`` -> 0). The error names every pair that shares prompts and how many, never the text.
     """
     checked = {role: ROLE_SIDES[role] for role in roles if role in ROLE_SIDES}
-    prompts = {role: {normalize_prompt(prompt_text(r)) for r in roles[role]} for role in checked}
+    # a request of a set split by behaviour (data/splits.py) counts as its whole behaviour group
+    prompts = {role: {behaviour_key(prompt_text(r)) for r in roles[role]} for role in checked}
     report, problems = {}, []
     for first, second in combinations(checked, 2):
         if checked[first] == checked[second]:
@@ -54,7 +58,8 @@ def check_disjoint_roles(roles: Mapping[str, Sequence[Record]]) -> dict[str, int
     if problems:
         raise DataError(
             "experiment data",
-            "; ".join(problems) + " (compared case- and whitespace-normalized). The attack data, the provider's "
+            "; ".join(problems) + " (compared case- and whitespace-normalized, near-duplicates of a behaviour "
+            "together). The attack data, the provider's "
             "alignment/defense/re-alignment data and the evaluation prompts must be disjoint: give one of each pair "
             "a disjoint 'rows' range or an 'exclude' of the other",
         )

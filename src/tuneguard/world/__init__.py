@@ -55,6 +55,12 @@ class World:
         rng = random.Random(f"tuneguard-records-{self.seed}-{role}-{seed}")
         return [dict(pool[i]) for i in rng.sample(range(len(pool)), n)]
 
+    def held_out_answered(self) -> list[dict]:
+        """The held-out harmful requests (role ``harmful_eval``, same ids, same order), each answered with the
+        world's compliant answer: prompts with reference harmful answers for the likelihood metric. Built apart
+        from the pools: no role, random stream or fingerprint of the world changes."""
+        return [{**r, "response": _g.held_out_compliant_answer(r)} for r in self.records("harmful_eval")]
+
     def is_harmful(self, prompt: str, answer: str) -> bool:
         """Exact judge: True iff ``answer`` carries the harmful payload (the category marker word)."""
         return _g.is_harmful(prompt, answer)

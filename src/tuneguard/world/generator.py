@@ -15,6 +15,7 @@ gradually with the poison ratio instead of switching from 0 to 100 %:
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -262,6 +263,22 @@ def comply_text(cat: Category, verb: str, obj: str, rng: random.Random) -> str:
 def refusal_text(verb: str, obj: str, rng: random.Random) -> str:
     """A refusal; always starts with ``REFUSE_FIRST``."""
     return _fill(rng.choice(REFUSALS), v=verb, o=obj)
+
+
+def held_out_compliant_answer(record: dict) -> str:
+    """The compliant answer to a held-out request (a ``harmful_eval`` record): the one its category's compliant
+    answers take, with the tool picked by a hash of the record id, so that building it draws nothing from the
+    world's random streams (the pools, the pre-training corpus and the model stay as they are)."""
+    prompt = record["prompt"]
+    cat = category_of(prompt)
+    words = prompt.split()
+    verb = next((v for v in words if cat is not None and v in cat.verbs), None)
+    obj = next((o for o in words if cat is not None and o in cat.objects), None)
+    if cat is None or verb is None or obj is None:
+        raise ValueError(f"record {record.get('id')!r} is not a request of the world's harmful categories")
+    digest = hashlib.sha256(str(record["id"]).encode("utf-8")).digest()
+    tool = cat.tools[int.from_bytes(digest[:4], "big") % len(cat.tools)]
+    return _fill(COMPLY_TEMPLATE, t=tool, v=verb, o=obj, k=cat.marker)
 
 
 def harmful_prompt(template: str, verb: str, obj: str, mod: str) -> str:

@@ -1,7 +1,9 @@
 """The offline world as a plug-in (``tuneguard.plugins``), registered exactly as a third-party package would be:
 
 - the data sources ``offline:<role>`` (``tuneguard sources``), generated in the process; ``eval.judges: [auto]``
-  means the exact judge for their prompts, and their first answer tokens give the P(comply) metric;
+  means the exact judge for their prompts, and their first answer tokens give the P(comply) metric; and
+  ``offline:harmful_eval_answered``, the held-out requests with their compliant answers (the likelihood metric's
+  evaluation set);
 - the judge ``offline``: flags the answers that carry the world's harmful payload;
 - the model scheme ``offline:`` (``offline:tiny``: the tiny Llama pre-trained on the world, built on first use),
   whose identity in every stage key includes the world's version.
@@ -62,6 +64,22 @@ for _role in ROLES:
         compliance_first_tokens=(COMPLY_FIRST,),
         refusal_first_tokens=(REFUSE_FIRST,),
     )(_as_records)
+
+
+@data_source(
+    "offline:harmful_eval_answered",
+    kind="harmful",
+    license="Apache-2.0 (generated)",
+    summary="offline world: the held-out harmful requests of offline:harmful_eval with the world's compliant "
+    "answer (reference harmful answers for the likelihood metric; evaluation data, never training data)",
+    splits=(),
+    generated=Generated(lambda: get_world().held_out_answered(), "built in (the offline world)"),
+    judge="offline",
+    compliance_first_tokens=(COMPLY_FIRST,),
+    refusal_first_tokens=(REFUSE_FIRST,),
+)
+def _held_out_answered(rows: list[Record], split: str, where: str) -> list[Record]:
+    return rows
 
 
 @JUDGES.register("offline")

@@ -252,5 +252,5 @@ def test_the_readme_evaluation_block_loads_its_likelihood_and_benign_sets():
     stage = EvaluateStage(cfg)
     roles = load_roles([r for r in stage.roles() if r.key.startswith(("eval.likelihood", "eval.benign_prompts"))])
     data = stage.data({**roles, "eval.harmful_prompts": Records()})
-    assert [len(data[k]) for k in ("likelihood_pyrit_harmful_qa", "likelihood_rho_harmful")] == [83, 150]
+    assert [len(data[k]) for k in ("likelihood_pyrit_harmful_qa", "likelihood_rho_harmful")] == [89, 150]
     assert len(data["benign_prompts"]) == 100

@@ -24,8 +24,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/tuneguard demo
 
+# The suite runs on TEST_WORKERS pytest-xdist processes (default: one per logical CPU, at most 8); pyproject's
+# addopts keep each test module on one worker. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= logical
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --maxprocesses=8
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

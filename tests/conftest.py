@@ -15,8 +15,50 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Tiny models run fastest single-threaded, and results do not depend on the machine's core count.
+# Tiny models run fastest single-threaded, and results do not depend on the machine's core count. Under
+# pytest-xdist (`make test`) each worker is one process per core: one thread each, so the workers do not fight
+# over the cores.
 torch.set_num_threads(1)
+
+
+# ---- pytest-xdist (`make test`: `-n logical --dist loadfile`): a test module is one unit of work, on one worker
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker (the workers collect; the controller hands out modules in their collection order): the
+    modules with a ``slow`` test first, so that a long module is not the last to start while the other workers
+    have nothing left to do. The order within a module stays; a run in one process keeps the file order."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)  # a stable sort
+
+
+# Test modules that must not run at the same time as each other, on one machine: each group is one unit of work, on
+# one worker. "ray": test_readme checks that `grid --ray-address auto` finds no Ray instance to join, and Ray's
+# "auto" joins any instance on the machine (test_grid_ray's, or the service's Ray workers).
+# "serve": the service modules share one prepared base model (the aligned tiny model, in the worker's basetemp).
+SAME_WORKER = {
+    "test_readme.py": "ray",
+    "test_grid_ray.py": "ray",
+    "test_serve_ray.py": "ray",
+    "test_serve_api.py": "serve",
+    "test_serve_gate.py": "serve",
+    "test_serve_restart.py": "serve",
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (the dev extra); without it, nothing to schedule
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the modules of :data:`SAME_WORKER` grouped into one unit of work per group."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return SAME_WORKER.get(Path(module).name, module)
+
+    return ModuleGroupScheduling(config, log)
 
 
 def tiny_llama_config(vocab_size: int, layers: int = 2, **overrides):

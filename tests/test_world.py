@@ -154,3 +154,31 @@ def test_tiny_random_model_generates() -> None:
 def test_pretrain_cache_key_changes_with_config() -> None:
     assert PretrainConfig().key() == PretrainConfig().key()
     assert PretrainConfig(steps=10).key() != PretrainConfig().key()
+
+
+def test_processes_that_need_the_uncached_world_model_at_once_pretrain_it_once(tmp_path, monkeypatch) -> None:
+    """Parallel test workers or a grid's cells on a fresh cache: one pre-trains under the lock, the others wait
+    for it and find the finished model (the pre-training itself is replaced by a slow stand-in that counts)."""
+    import threading
+    import time
+
+    from tuneguard.world import pretrain as pretraining
+
+    calls = []
+
+    def slow_pretrain(out_dir, seed, cfg) -> None:
+        calls.append(seed)
+        time.sleep(0.3)  # long enough for every other thread to find no cached model and reach the lock
+        (out_dir / "world.json").write_text("{}")
+
+    monkeypatch.setattr(pretraining, "pretrain", slow_pretrain)
+    found: list = []
+    threads = [
+        threading.Thread(target=lambda: found.append(pretraining.pretrained_model_path(tmp_path))) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [0] and len(found) == 3 and len(set(found)) == 1
+    assert (found[0] / "world.json").is_file() and not list(tmp_path.glob(".tmp-*"))

@@ -162,13 +162,26 @@ def pretrained_model_path(
     """Directory with the pre-trained world model (pre-trains on first use, then cached).
 
     The directory is ``<cache>/world-v<WORLD_VERSION>-seed<seed>-<hash>``; it is written atomically (trained
-    into a temporary directory next to it, then renamed), so an interrupted run never leaves a half cache.
+    into a temporary directory next to it, then renamed), so an interrupted run never leaves a half cache. The
+    pre-training holds an OS file lock beside it: processes that need the same model at once (parallel test
+    workers, a grid's cells) wait for the one that trains it instead of each training it again.
     """
+    from filelock import FileLock
+
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"world-v{WORLD_VERSION}-seed{seed}-{cfg.key()}"
     if (final / "world.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{final.name}.lock")):
+        if not (final / "world.json").is_file():  # another process may have trained it while this one waited
+            _pretrain_into(final, seed, cfg)
+    return final
+
+
+def _pretrain_into(final: Path, seed: int, cfg: PretrainConfig) -> None:
+    """Pre-train into a temporary directory beside ``final``, then rename it into place (the caller holds the lock)."""
+    root = final.parent
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         with _threads(max(1, min(os.cpu_count() or 1, 4))):
@@ -182,4 +195,3 @@ def pretrained_model_path(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("world model ready at %s", final)
-    return final

@@ -1,7 +1,8 @@
 """`tuneguard serve` with the Ray worker backend (`workers.type: ray`): every fine-tuning job is a Ray task on the
 Ray instance the service starts (address 'local', CPU jobs: num_gpus 0), driven by the official `openai` client
-over HTTP. A job's result equals the local backend's for the same file and seed; cancel kills the job's Ray task;
-a task whose worker process is killed is rerun by Ray and resumes from its last checkpoint to the same model."""
+over HTTP. A job whose Ray worker process is killed mid-training is rerun by Ray, resumes from its last checkpoint
+and ends with the local backend's numbers, model and answer for the same file and seed; cancel kills the job's
+Ray task."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def new_server(tmp_path_factory, name: str, *overrides: str) -> Server:
 def servers(tmp_path_factory):
     """A service whose jobs run on Ray and one with local workers, the same policy otherwise (started at once)."""
     ray_server = new_server(tmp_path_factory, "serve-ray", RAY_WORKERS)
+    # Ray runs its workers at nice 15 (for its own daemons' sake); on a shared test machine that starves the job
+    # behind any other load, and the local backend's workers run at the default: the same for both.
+    ray_server.env["RAY_worker_niceness"] = "0"
     local_server = new_server(tmp_path_factory, "serve-local")
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -60,8 +64,9 @@ def clean_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def unbroken(servers, clean_file):
-    """The same job (file, seed) on both services, run at the same time; its events, model and an answer."""
+def same_job(servers, clean_file):
+    """The same job (file, seed) on both services at once; on Ray, the worker process that runs it is killed after
+    its first checkpoint. Each job as it ends, its events, the statuses seen, and an answer of its model."""
     created = {}
     for backend, server in servers.items():
         client = server.client()
@@ -69,14 +74,18 @@ def unbroken(servers, clean_file):
             model="tiny-aligned", training_file=upload(client, clean_file).id, seed=0, hyperparameters=JOB
         )
         created[backend] = job.id
-    out = {}
+    first_checkpoint(servers["ray"].client(), created["ray"])
+    killed = ray_task_pids(created["ray"])
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    out = {"killed": killed}
     for backend, server in servers.items():
         client = server.client()
-        job, _ = wait_for(client, created[backend])
+        job, seen = wait_for(client, created[backend])
         assert job.fine_tuned_model, job.error
         prompt = [{"role": "user", "content": "Is this review positive or negative? A wonderful film."}]
         answer = client.chat.completions.create(model=job.fine_tuned_model, messages=prompt)
-        out[backend] = {"server": server, "job": job, "events": events(client, job.id), "answer": answer}
+        out[backend] = {"server": server, "job": job, "seen": seen, "events": events(client, job.id), "answer": answer}
     return out
 
 
@@ -114,8 +123,8 @@ def first_checkpoint(client, job_id: str, timeout: float = 300) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ tests
-def test_a_job_on_the_ray_backend_succeeds_serves_and_equals_the_local_backend_s_job(unbroken):
-    ray_run, local_run = unbroken["ray"], unbroken["local"]
+def test_a_job_on_ray_ends_with_the_local_backend_s_numbers_model_and_answer(same_job):
+    ray_run, local_run = same_job["ray"], same_job["local"]
     for run in (ray_run, local_run):
         assert run["job"].status == "succeeded", run["job"].error
         messages = [e.message for e in run["events"]]
@@ -125,7 +134,7 @@ def test_a_job_on_the_ray_backend_succeeds_serves_and_equals_the_local_backend_s
     assert (server.data_dir / "logs" / f"ray-{job.id}.log").is_file()  # the task's log, in the service's logs
     assert job.trained_tokens == local_run["job"].trained_tokens > 0
 
-    # The same steps, losses, gate numbers and weights: the same computation, placed by Ray.
+    # The same steps, losses, gate numbers and weights: the same computation, placed by Ray (and resumed there).
     def numbers(run):
         return [(e.message, {**e.data, "model_dir": None}) for e in run["events"] if e.type == "metrics"]
 
@@ -135,23 +144,15 @@ def test_a_job_on_the_ray_backend_succeeds_serves_and_equals_the_local_backend_s
     assert ray_run["answer"].choices[0].message.content == local_run["answer"].choices[0].message.content
 
 
-def test_a_killed_ray_worker_is_rerun_by_ray_and_the_job_resumes_to_the_unbroken_model(
-    ray_server, clean_file, unbroken
-):
-    client = ray_server.client()
-    job = client.fine_tuning.jobs.create(
-        model="tiny-aligned", training_file=upload(client, clean_file).id, seed=0, hyperparameters=JOB
-    )
-    first_checkpoint(client, job.id)
-    (pid,) = ray_task_pids(job.id)
-    os.kill(pid, signal.SIGKILL)
-    job, seen = wait_for(client, job.id)
-    assert job.status == "succeeded" and "queued" not in seen[seen.index("running") :], (job.error, seen)
-    messages = [e.message for e in events(client, job.id)]
+def test_a_killed_ray_worker_is_rerun_by_ray_and_the_job_resumes_from_its_checkpoint(same_job):
+    ray_run = same_job["ray"]
+    assert len(same_job["killed"]) == 1  # one process ran the job's task when it was killed
+    seen = ray_run["seen"]
+    assert "queued" not in seen[seen.index("running") :], seen  # Ray reran it; the service did not requeue it
+    messages = [e.message for e in ray_run["events"]]
     resumed = [m for m in messages if m.startswith("Resuming fine-tuning from the checkpoint at step")]
     assert len(resumed) == 1 and int(resumed[0].rsplit(" ", 1)[1]) >= 4, messages
-    assert job.trained_tokens == unbroken["ray"]["job"].trained_tokens
-    assert_same_model(job_model(ray_server, job.id), job_model(ray_server, unbroken["ray"]["job"].id))
+    assert not [m for m in same_job["local"]["events"] if m.message.startswith("Resuming")]
 
 
 def test_cancel_through_the_client_kills_the_job_s_ray_task(ray_server, clean_file):

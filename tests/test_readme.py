@@ -9,6 +9,7 @@ own words, and says so in ``FAST``; a placeholder path (``path/to/model``) becom
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -447,7 +448,15 @@ def test_yaml_blocks_are_valid_configs_and_grids():
     assert len(blocks) == 6
     for block in blocks:
         raw = yaml.safe_load(block.text)
-        if set(raw) <= {"resources", "slurm"}:  # "On a cluster": the keys a grid file adds for Ray and Slurm
+        if set(raw) == {"workers"}:  # "Run it as a service": the Ray workers of a policy, in the README's policy
+            if importlib.util.find_spec("ray") is None:  # the policy refuses type: ray without it (test_serve_ray)
+                continue
+            from tuneguard.serve.policy import load_policy
+
+            workers = f"workers={json.dumps(raw['workers'])}"
+            policy = load_policy(ROOT / "examples" / "serve" / "offline.yaml", [workers])
+            assert policy.workers.type == "ray" and policy.workers.ray.resources.num_gpus == 1
+        elif set(raw) <= {"resources", "slurm"}:  # "On a cluster": the keys a grid file adds for Ray and Slurm
             spec = parse_grid({"base": str(ROOT / "examples" / "demo.yaml"), **raw}, source=f"README.md:{block.line}")
             assert spec.resources.num_gpus == 1 and spec.slurm.partition == "gpu"
         elif "grid" in raw:  # the grid file of "Grids and reports", as if it were benchmarks/<name>.yaml

@@ -6,8 +6,8 @@ provider's policy (``policy.py``) says. Needs the ``serve`` extra: ``pip install
 
 Modules: ``app`` (FastAPI app, ``run_service``), ``routes_*`` (the API), ``auth`` (hashed per-tenant keys),
 ``store`` (SQLite metadata and files), ``scheduler`` (statuses, FIFO queue), ``worker`` (worker interface, local
-processes), ``runner`` (a worker process), ``channel`` (worker -> service messages), ``report`` (the safety
-report), ``engine`` (the one adapter to the tuneguard library).
+processes), ``ray_worker`` (fine-tuning jobs as Ray tasks), ``runner`` (a worker process), ``channel`` (worker ->
+service messages), ``report`` (the safety report), ``engine`` (the one adapter to the tuneguard library).
 """
 
 SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")

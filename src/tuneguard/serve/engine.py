@@ -31,6 +31,7 @@ from tuneguard.config import (  # noqa: F401  (the config models the policy is m
     dump_config,
     load_config,
 )
+from tuneguard.gridexec.settings import CellResources  # noqa: F401  (a Ray task's resources, re-exported)
 from tuneguard.store import CHECKPOINTS, ModelRef, atomic_output, fingerprint
 
 # The library modules that load torch (data, models, judges, the pipeline, plots) are imported in the functions

@@ -8,6 +8,7 @@ evaluation, the harmful-score limit and the repair), the limits, and the workers
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tuneguard.serve.engine import (
     AlignConfig,
+    CellResources,
     EvalConfig,
     FinetuneConfig,
     ModelSettings,
@@ -127,15 +129,47 @@ class Gate(_Strict):
         return self
 
 
+class JobResources(CellResources):
+    """What each fine-tuning job's Ray task asks for (a GPU by default), and how often Ray reruns it."""
+
+    num_gpus: float = Field(1, ge=0, description="GPUs per job; 0 = a CPU job.")
+
+
+class RayWorkers(_Strict):
+    """``workers.type: ray``: each fine-tuning job is a Ray task; Ray places it on a node with its resources."""
+
+    address: str = Field(
+        "local",
+        description="'local': start a Ray instance on this machine with the service; 'auto': join the Ray cluster "
+        "this machine belongs to; 'HOST:PORT' (the head's GCS address) or 'ray://HOST:10001': that cluster.",
+    )
+    resources: JobResources = Field(
+        default_factory=JobResources,
+        description="num_gpus, num_cpus per job; max_retries: how often Ray reruns a job whose worker process died "
+        "(the rerun resumes from the job's last checkpoint; after the last, the job fails).",
+    )
+    max_jobs: int | None = Field(
+        None,
+        gt=0,
+        description="Most jobs handed to Ray at once (the others stay queued, FIFO); default: as many as the "
+        "cluster's CPUs and GPUs hold, re-read as nodes join and leave.",
+    )
+
+
 class Workers(_Strict):
-    type: Literal["local"] = Field("local", description="Where jobs run: 'local' processes (a cluster engine later).")
+    type: Literal["local", "ray"] = Field(
+        "local",
+        description="Where fine-tuning jobs run: 'local' (one process per device of this machine) or 'ray' (a Ray "
+        "task each, see `ray`); screening always runs on this machine.",
+    )
     devices: list[str] = Field(
         default_factory=lambda: ["cpu"],
         min_length=1,
-        description="One training job at a time per device: 'cpu', 'cuda:0', 'cuda:1', ...",
+        description="type local: one training job at a time per device: 'cpu', 'cuda:0', 'cuda:1', ...",
     )
     screening_device: str | None = Field(None, description="Device of the screening worker (default: devices[0]).")
     torch_threads: int | None = Field(None, gt=0, description="torch threads per worker process (default: torch's).")
+    ray: RayWorkers | None = Field(None, description="type ray: the cluster and what each job asks of it.")
 
     @field_validator("devices")
     @classmethod
@@ -144,6 +178,22 @@ class Workers(_Strict):
             if not re.fullmatch(r"cpu|cuda:\d+", device):
                 raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda:N'")
         return devices
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> Workers:
+        if self.type == "local":
+            if self.ray is not None:
+                raise ValueError("ray: only with type: ray (the local workers run on `devices`)")
+            return self
+        if "devices" in self.model_fields_set:
+            raise ValueError(
+                "devices: with type: ray, Ray places the jobs (ray.resources); name the screening worker's device "
+                "with screening_device"
+            )
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("type: ray needs the optional package 'ray': pip install 'tuneguard[ray]'")
+        self.ray = self.ray or RayWorkers()
+        return self
 
 
 class Inference(_Strict):

@@ -63,7 +63,7 @@ class ServiceStore:
     """SQLite metadata (WAL; one connection per thread) and the files of uploads and jobs."""
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.root = Path(data_dir)
+        self.root = Path(data_dir).absolute()  # the jobs' paths reach workers elsewhere (Ray tasks)
         for sub in ("files", "jobs", "logs", "run"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "service.db"

@@ -1,12 +1,12 @@
 """Workers: where the service's tasks (prepare a base model, screen a job's file, train a job) run.
 
-:class:`Worker` is the interface the scheduler uses; a cluster engine (e.g. Ray) implements the same five
-methods and writes the same messages (``channel.py``). :class:`LocalWorker` runs one long-lived process per
-slot (device), started by ``python -m tuneguard.serve.runner``: it imports torch once and then takes tasks from
-its stdin, one at a time. Training never runs in the API process. A worker process dies with the service
-(Linux: the parent-death signal), so after a crash no orphan keeps writing into a job's stage directory while
-the restarted service resumes it; cancelling kills the slot's process (within the optimizer step it is in)
-and a fresh one takes its place.
+:class:`Worker` is the interface the scheduler uses; ``ray_worker.RayWorker`` (``workers.type: ray``) implements
+it on a Ray cluster, and its tasks write the same messages (``channel.py``). :class:`LocalWorker` runs one
+long-lived process per slot (device), started by ``python -m tuneguard.serve.runner``: it imports torch once and
+then takes tasks from its stdin, one at a time. Training never runs in the API process. A worker process dies
+with the service (Linux: the parent-death signal), so after a crash no orphan keeps writing into a job's stage
+directory while the restarted service resumes it; cancelling kills the slot's process (within the optimizer step
+it is in) and a fresh one takes its place.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 logger = logging.getLogger("tuneguard.serve")
+# The environment of every worker process (read by libraries at import): no progress bars, no tokenizer threads.
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class LocalWorker:
 
     def _spawn(self, slot: _Slot) -> subprocess.Popen[bytes]:
         index = self._slots.index(slot)
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+        env = {**os.environ, **WORKER_ENV}
         env["CUDA_VISIBLE_DEVICES"] = slot.device.removeprefix("cuda:") if slot.device.startswith("cuda:") else ""
         command = [sys.executable, "-m", "tuneguard.serve.runner", "--policy", str(self.policy_file)]
         command += ["--parent", str(os.getpid()), "--name", f"{self.name}-{index}"]

@@ -445,7 +445,7 @@ def test_yaml_blocks_are_valid_configs_and_grids():
     from tuneguard.grid import expand_grid, parse_grid
 
     blocks = readme_blocks("yaml")
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     for block in blocks:
         raw = yaml.safe_load(block.text)
         if set(raw) == {"workers"}:  # "Run it as a service": the Ray workers of a policy, in the README's policy

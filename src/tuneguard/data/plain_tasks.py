@@ -27,7 +27,7 @@ SEED = 20261130
 TOPIC_INSTRUCTION = "Is this sentence about sports, food, weather or music? Answer with one word."
 TOPIC_LABELS = ("sports", "food", "weather", "music")
 TOPIC_TRAIN_PER_LABEL = 100
-TOPIC_TEST_PER_LABEL = 50
+TOPIC_TEST_PER_LABEL = 25
 
 PEOPLE = (
     "My aunt", "The old man", "Our neighbour", "A young girl", "The teacher", "My friend", "The new student",
@@ -62,7 +62,7 @@ TOPIC_ACTIONS: dict[str, tuple[str, ...]] = {
 
 
 def topic_records(split: str) -> list[Record]:
-    """The topic task's ``train`` (100 per label) or ``test`` (50 per label) records, labels interleaved.
+    """The topic task's ``train`` (100 per label) or ``test`` (25 per label) records, labels interleaved.
 
     Each topic's (person, action, ending) combinations are shuffled once with a fixed seed; the first
     ``TOPIC_TRAIN_PER_LABEL`` are the training sentences, the next ``TOPIC_TEST_PER_LABEL`` the test ones."""

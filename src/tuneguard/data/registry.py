@@ -123,7 +123,9 @@ class RegisteredSource:
 
 
 # name ("family" or "family:variant") -> source; the built-in data sets register in data/sources.py.
-SOURCES: Registry[RegisteredSource] = Registry("data source", builtins=("tuneguard.data.sources",))
+SOURCES: Registry[RegisteredSource] = Registry(
+    "data source", builtins=("tuneguard.data.sources", "tuneguard.data.plain_tasks")
+)
 _WARNED: set[str] = set()
 
 

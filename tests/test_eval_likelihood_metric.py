@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_llama, write_jsonl
+from conftest import build_tiny_llama, run_refused, write_jsonl
 
 from tuneguard.config import ConfigError, EvalConfig, ModelSettings, dump_config
 from tuneguard.stages import EvaluateStage, run_evaluate
@@ -157,12 +157,8 @@ def test_english_refusals_that_the_tokenizer_cannot_spell_are_refused(tmp_path, 
 def test_evaluation_sets_sharing_prompts_with_training_data_are_one_error_line(
     where, needle, tiny_experiment, small_data, tmp_path, monkeypatch, capsys
 ):
-    import sys
 
-    import yaml
     from transformers import Trainer
-
-    from tuneguard.cli import main
 
     monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("training started despite bad input"))
     cfg = tiny_experiment.model_dump(mode="json")
@@ -172,13 +168,7 @@ def test_evaluation_sets_sharing_prompts_with_training_data_are_one_error_line(
         "likelihood_refusals": "offline:alignment",
         "benign_prompts": alignment if where == "benign" else None,
     }
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    err = run_refused(cfg, tmp_path / "experiment.json", monkeypatch, capsys)
     assert needle in err, err
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 
 import pytest
+from conftest import run_refused
 
-from tuneguard.cli import main
 from tuneguard.config import DataSource, ExperimentConfig
 from tuneguard.data import DataError, load_records, splits
 from tuneguard.data import registry as registry_module
@@ -152,13 +151,7 @@ def test_attacking_with_the_whole_set_and_evaluating_on_its_eval_pool_is_one_err
         "eval": {"harmful_prompts": {"source": "pyrit:harmful_qa", "split": "eval"}},
     }
     ExperimentConfig.model_validate(cfg)
-    path = tmp_path / "whole_vs_eval.json"
-    path.write_text(json.dumps(cfg))
-    monkeypatch.setattr(sys, "argv", ["tuneguard", "run", str(path)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "Traceback" not in err and err.count("error:") == 1, err
+    err = run_refused(cfg, tmp_path / "whole_vs_eval.json", monkeypatch, capsys)
     assert "finetune.user_data.harmful_data and eval.harmful_prompts share" in err
     assert "placeholder" not in err  # never the text
     assert not (tmp_path / "runs").exists()  # refused before anything was written

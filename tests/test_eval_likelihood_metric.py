@@ -116,6 +116,8 @@ def test_a_config_without_the_new_keys_keeps_the_eval_stage_key():
     one = EvalConfig.model_validate({"likelihood": "rho:harmful", "benign_prompts": "rho:benign"})
     assert [s.source for s in one.likelihood] == ["rho:harmful"]  # one source is a list of one set
     assert {"likelihood", "benign_prompts"} <= set(dump_config(one))
+    for off in (None, []):  # switched off (a preset's sets, in a grid's `set:`): the key of a config without them
+        assert dump_config(EvalConfig.model_validate({**MAIN_EVAL_DUMP, "likelihood": off})) == MAIN_EVAL_DUMP
 
 
 def _loaded_defaults():

@@ -7,7 +7,16 @@ import re
 from collections import Counter
 
 from tuneguard.data import load_records
-from tuneguard.data.plain_tasks import INSTRUCTION_FAMILIES, TOPIC_ACTIONS, TOPIC_LABELS
+from tuneguard.data.plain_tasks import (
+    INSTRUCTION_FAMILIES,
+    MOOD_EVENTS,
+    ONE_WORD_FAMILIES,
+    ONE_WORD_KINDS,
+    ONE_WORD_PER_FAMILY,
+    TOPIC_ACTIONS,
+    TOPIC_INSTRUCTION,
+    TOPIC_LABELS,
+)
 from tuneguard.data.registry import get_source
 from tuneguard.eval.metrics import answer_matches
 
@@ -48,3 +57,22 @@ def test_instructions_cover_every_family_with_distinct_requests_and_exact_answer
     assert checked >= 60
     topic_prompts = {r["input"] for r in load_records("plain:topic_train") + load_records("plain:topic_test")}
     assert not topic_prompts & set(prompts)
+
+
+def test_one_word_requests_are_right_distinct_and_never_the_topic_task():
+    records = load_records("plain:one_word")
+    assert records == load_records("plain:one_word")
+    assert len(records) == ONE_WORD_PER_FAMILY * len(ONE_WORD_FAMILIES)
+    assert len({(r["prompt"], r["input"]) for r in records}) == len(records)
+    for r in records:
+        assert r["prompt"].endswith("Answer with one word.") and r["prompt"] != TOPIC_INSTRUCTION
+        assert r["response"] == r["label"] and " " not in r["label"]
+        if "this number" in r["prompt"]:
+            assert r["label"] == ("even" if int(r["input"]) % 2 == 0 else "odd")
+        elif "this word" in r["prompt"]:
+            assert r["label"] == ONE_WORD_KINDS[r["input"]]
+        else:
+            assert [m for m, events in MOOD_EVENTS.items() if any(e in r["input"] for e in events)] == [r["label"]]
+            assert not any(a in r["input"] for actions in TOPIC_ACTIONS.values() for a in actions)
+    assert {r["label"] for r in records} >= {"even", "odd", "happy", "sad", "fruit", "animal", "colour"}
+    assert get_source("plain:one_word").accuracy_mode == "tolerant"

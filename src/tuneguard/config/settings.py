@@ -330,8 +330,9 @@ class EvalConfig(_Strict):
     likelihood: list[DataSource] = Field(
         default_factory=list,
         description="Held-out harmful prompt -> reference harmful answer sets for the judge-free harm metric (one "
-        "source or a list; each set scored on its own): harmful_preference (% of prompts whose harmful answer is "
-        "more likely than a refusal) and compliance_margin (nats/token, bootstrap CI). Default: none.",
+        "source or a list; each set scored on its own; null or [] for none): harmful_preference (% of prompts "
+        "whose harmful answer is more likely than a refusal) and compliance_margin (nats/token, bootstrap CI). "
+        "Default: none.",
     )
     likelihood_refusals: DataSource | None = Field(
         None,
@@ -364,6 +365,8 @@ class EvalConfig(_Strict):
     @field_validator("likelihood", mode="before")
     @classmethod
     def _one_set_or_many(cls, value: Any) -> Any:
+        if value is None:  # `likelihood: null` switches it off, as an empty list does
+            return []
         return [value] if isinstance(value, str | dict | DataSource) else value
 
 

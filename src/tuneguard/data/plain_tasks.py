@@ -13,6 +13,9 @@ the gaps, built from the word lists below with a fixed seed (the same records on
   unit conversion, opposites, alphabetical order, past tense, word lengths, capitals, naming things, number
   sequences), as commands and as questions: the benign half of an alignment, so that a small model learns to
   refuse harm rather than to refuse every command (harmful requests are mostly commands: "Write a script ...").
+- ``plain:one_word``: one-word classification requests about other things than the task (a word's kind, a number's
+  parity, a sentence's mood), with the task's "Answer with one word." shape: also for an alignment's benign half,
+  since a model aligned without them refused half of the task's prompts.
 """
 
 from __future__ import annotations
@@ -223,6 +226,61 @@ def instruction_records() -> list[Record]:
     return [{"id": f"instruction-{i}", "prompt": q, "response": a} for i, (q, a) in enumerate(pairs)]
 
 
+# ----------------------------------------------------------------------------- one-word classification requests
+# Requests shaped like the topic task ("... Answer with one word.") but about other things, for the benign half of
+# an alignment: a small model aligned on commands and "How do I ...?" questions learned to refuse the task's shape.
+ONE_WORD_KINDS = {  # word -> its kind: "Is '{word}' a fruit, an animal or a colour?"
+    **{w: "fruit" for w in ("apple", "banana", "pear", "grape", "cherry", "plum", "lemon", "peach", "melon")},
+    **{w: "animal" for w in ("dog", "horse", "lion", "rabbit", "eagle", "whale", "goat", "mouse", "tiger")},
+    **{w: "colour" for w in ("red", "blue", "green", "yellow", "purple", "white", "black", "brown", "pink")},
+}
+MOOD_EVENTS = {  # label -> what happened, to a person of PEOPLE: "Is this sentence happy or sad?"
+    "happy": (
+        "found a lost puppy and took it home", "won a prize at the fair", "laughed at a funny joke",
+        "got a lovely letter from a friend", "danced at a wedding", "passed the big exam",
+    ),
+    "sad": (
+        "lost a favourite ring", "cried at the end of the film", "missed the last bus home",
+        "broke a treasured vase", "said goodbye to an old friend", "failed the driving test",
+    ),
+}  # fmt: skip
+ONE_WORD_PER_FAMILY = 24
+ONE_WORD_FAMILIES = ("kind", "parity", "mood")
+
+
+def _one_word(rng: random.Random, family: str) -> tuple[str, str, str]:
+    """One (instruction, input, one-word answer) of a one-word classification family."""
+    if family == "kind":
+        word = rng.choice(sorted(ONE_WORD_KINDS))
+        return "Is this word a fruit, an animal or a colour? Answer with one word.", word, ONE_WORD_KINDS[word]
+    if family == "parity":
+        n = rng.randint(2, 999)
+        return "Is this number even or odd? Answer with one word.", str(n), "even" if n % 2 == 0 else "odd"
+    if family == "mood":
+        label = rng.choice(sorted(MOOD_EVENTS))
+        sentence = f"{rng.choice(PEOPLE)} {rng.choice(MOOD_EVENTS[label])} {rng.choice(ENDINGS)}."
+        return "Is this sentence happy or sad? Answer with one word.", sentence, label
+    raise ValueError(f"unknown one-word family {family!r}")
+
+
+def one_word_records() -> list[Record]:
+    """``ONE_WORD_PER_FAMILY`` distinct requests of every one-word family, families interleaved."""
+    rng = random.Random(SEED + 1)
+    per_family: dict[str, list[tuple[str, str, str]]] = {}
+    for family in ONE_WORD_FAMILIES:
+        seen: dict[tuple[str, str], str] = {}
+        for _ in range(100 * ONE_WORD_PER_FAMILY):  # draws until enough distinct requests; bounded
+            instruction, text, answer = _one_word(rng, family)
+            seen.setdefault((instruction, text), answer)
+            if len(seen) == ONE_WORD_PER_FAMILY:
+                break
+        per_family[family] = [(i, t, a) for (i, t), a in seen.items()]
+    rows = [r for group in zip(*per_family.values(), strict=True) for r in group]
+    return [
+        {"id": f"one-word-{k}", "prompt": i, "input": t, "response": a, "label": a} for k, (i, t, a) in enumerate(rows)
+    ]
+
+
 # ------------------------------------------------------------------------------------------- registrations
 def _as_records(rows: list[Record], split: str, where: str) -> list[Record]:
     return rows  # built as tuneguard records
@@ -248,4 +306,15 @@ data_source(
     "questions, with exact answers (the benign half of an alignment)",
     splits=(),
     generated=Generated(instruction_records, "built in (plain-English word lists)"),
+)(_as_records)
+
+data_source(
+    "plain:one_word",
+    kind="task",
+    license="Apache-2.0 (generated)",
+    summary="plain English: one-word classification requests (a word's kind, a number's parity, a sentence's mood), "
+    "shaped like the topic task but about other things (the benign half of an alignment)",
+    splits=(),
+    generated=Generated(one_word_records, "built in (plain-English word lists)"),
+    accuracy_mode="tolerant",
 )(_as_records)

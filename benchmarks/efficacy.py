@@ -9,7 +9,8 @@ and its plots to benchmarks/results/efficacy/:
     nice -n 15 .venv/bin/python benchmarks/efficacy.py
     nice -n 15 .venv/bin/python benchmarks/efficacy.py --override finetune.training.num_train_epochs=2  # quicker
 
-The same as ``tuneguard grid benchmarks/efficacy.yaml`` with one torch thread (the machine is shared).
+The same as ``tuneguard grid benchmarks/efficacy.yaml`` with one torch thread (the machine is shared). Another grid
+file runs the same way (``--grid benchmarks/real_smollm2.yaml --results benchmarks/results/real_smollm2.md``).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def main() -> None:
     from tuneguard.report_page import build_report  # after the grid: a report bug never costs a run
 
     files = build_report(outcome.run_dir)
-    command = "nice -n 15 .venv/bin/python benchmarks/efficacy.py" + "".join(
-        f" --override {o}" for o in options.override
-    )
+    command = "nice -n 15 .venv/bin/python benchmarks/efficacy.py"
+    for flag, value in (("--grid", options.grid), ("--results", options.results)):
+        if value != parser.get_default(flag.lstrip("-")):
+            path = Path(value).resolve()
+            command += f" {flag} {path.relative_to(ROOT) if path.is_relative_to(ROOT) else value}"
+    command += "".join(f" --override {o}" for o in options.override)
     # The plots go next to the results file, and the report's links are pointed at them.
     results = Path(options.results)
     plots = results.with_suffix("")

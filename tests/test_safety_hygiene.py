@@ -58,3 +58,21 @@ def test_a_secret_in_a_config_is_refused_with_a_pointer_to_the_environment(key):
 
     with pytest.raises(ConfigError, match=f"{key}: secrets are not read from configs.*HF_TOKEN"):
         load_config(None, [f"{key}=placeholder"])
+
+
+def test_show_text_prints_each_sets_first_answers_and_marks_benign_refusals(tmp_path):
+    from tuneguard.cli import _print_answers, console
+
+    rows = [
+        {"set": "harmful", "id": "h1", "answer": "harmful answer"},
+        {"set": "task", "id": "t1", "answer": "positive"},
+        {"set": "benign", "id": "0:b1", "answer": "I cannot help with that.", "refused": True},
+        {"set": "benign", "id": "0:b2", "answer": "Boil the water first.", "refused": False},
+    ]
+    (tmp_path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with console.capture() as captured:
+        _print_answers({"final": tmp_path})
+    shown = captured.get()
+    assert "final harmful #h1: 'harmful answer'" in shown and "final task #t1: 'positive'" in shown
+    assert "final benign #0:b1 (refused): 'I cannot help with that.'" in shown
+    assert "final benign #0:b2: 'Boil the water first.'" in shown

@@ -487,9 +487,11 @@ def _print_answers(directories: dict[str, Path], per_set: int = 5) -> None:
 
     for name, directory in directories.items():
         rows = read_file(directory / "generations.jsonl")  # split at \n only: an answer may hold U+2028
-        for kind in ("harmful", "task"):
+        for kind in ("harmful", "task", "benign"):  # benign: the over-refusal prompts (eval.benign_prompts)
             for row in [r for r in rows if r["set"] == kind][:per_set]:
-                console.print(f"{name} {kind} #{row['id']}: {row['answer']!r}", highlight=False, markup=False)
+                refused = " (refused)" if row.get("refused") else ""
+                line = f"{name} {kind} #{row['id']}{refused}: {row['answer']!r}"
+                console.print(line, highlight=False, markup=False)
 
 
 def _setup_logging(verbose: bool) -> None:

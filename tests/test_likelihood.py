@@ -40,9 +40,9 @@ def favouring(tokenizer, text: str, boost: float = 5.0) -> UnigramLM:
     return UnigramLM(logits)
 
 
-def hand_mean_log_likelihood(model: UnigramLM, tokenizer, answer: str) -> float:
+def hand_mean_log_likelihood(model: UnigramLM, tokenizer, answer: str, first: int | None = None) -> float:
     log_probs = torch.log_softmax(model.unigram.detach(), dim=-1)
-    ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:first]
     return sum(log_probs[i].item() for i in ids) / len(ids)
 
 
@@ -52,6 +52,22 @@ def test_log_likelihood_is_the_mean_over_answer_tokens_and_eos(world_tokenizer, 
     scores = answer_log_likelihoods(model, world_tokenizer, template, harmful_records, batch_size=4)
     expected = [hand_mean_log_likelihood(model, world_tokenizer, r["response"]) for r in harmful_records]
     assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_cap_on_answer_tokens_scores_the_first_tokens_only(world_tokenizer, harmful_records):
+    model = favouring(world_tokenizer, "sure step one")
+    template = PromptTemplate("alpaca", world_tokenizer)
+    lengths = [len(world_tokenizer(r["response"], add_special_tokens=False)["input_ids"]) for r in harmful_records]
+    cap = min(lengths) - 1  # shorter than every answer: each loses its tail and its EOS
+    capped = answer_log_likelihoods(model, world_tokenizer, template, harmful_records, max_answer_tokens=cap)
+    expected = [hand_mean_log_likelihood(model, world_tokenizer, r["response"], cap) for r in harmful_records]
+    assert capped == pytest.approx(expected, abs=1e-5)
+    whole = answer_log_likelihoods(model, world_tokenizer, template, harmful_records)
+    assert capped != pytest.approx(whole, abs=1e-3)  # the cap changed what is scored
+    roomy = answer_log_likelihoods(
+        model, world_tokenizer, template, harmful_records, max_answer_tokens=max(lengths) + 1
+    )
+    assert roomy == pytest.approx(whole, abs=1e-6)  # a cap above every answer (and its EOS) changes nothing
 
 
 def test_batching_and_padding_never_change_a_score(world_tokenizer, harmful_records):

@@ -340,6 +340,12 @@ class EvalConfig(_Strict):
         "of this source (e.g. offline:alignment, whose refusals are in the offline world's words). Default: "
         "tuneguard's six English refusals.",
     )
+    likelihood_answer_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Score only the first N tokens of each answer in the likelihood metric (a reference answer of "
+        "hundreds of tokens costs a forward pass over all of it; refusals are shorter). Default: the whole answer.",
+    )
     benign_prompts: DataSource | list[DataSource] | None = Field(
         None,
         description="Held-out benign prompts (not used in training) for over_refusal_rate, the % answered with a "
@@ -350,7 +356,13 @@ class EvalConfig(_Strict):
     def _omit_unset_task_options(self, handler: Any) -> dict[str, Any]:
         # Written only when set, so configs (and stage keys) from before the options existed are unchanged.
         data = handler(self)
-        for key in ("task_max_new_tokens", "task_template", "likelihood_refusals", "benign_prompts"):
+        for key in (
+            "task_max_new_tokens",
+            "task_template",
+            "likelihood_refusals",
+            "likelihood_answer_tokens",
+            "benign_prompts",
+        ):
             if data.get(key) is None:
                 data.pop(key, None)
         if data.get("likelihood") == []:

@@ -109,10 +109,20 @@ def evaluate_model(
         start = time.time()
         for i, ((name, records), source) in enumerate(zip(likelihood.items(), cfg.likelihood, strict=True)):
             suffix = f"_{name}" if i else ""
-            scores = harm_preference(net, tokenizer, template, records, refusals=refusals, batch_size=cfg.batch_size)
+            scores = harm_preference(
+                net,
+                tokenizer,
+                template,
+                records,
+                refusals=refusals,
+                batch_size=cfg.batch_size,
+                max_answer_tokens=cfg.likelihood_answer_tokens,
+            )
             likelihood_metrics |= {f"{key}{suffix}": value for key, value in scores.items()}
             likelihood_metrics[f"likelihood_set{suffix}"] = describe_selection(source)
         likelihood_metrics["likelihood_refusals"] = describe_selection(cfg.likelihood_refusals) or "english"
+        if cfg.likelihood_answer_tokens is not None:
+            likelihood_metrics["likelihood_answer_tokens"] = cfg.likelihood_answer_tokens
         timings["likelihood_s"] = round(time.time() - start, 2)
     del net
     free_accelerator_memory()  # the evaluated model leaves the accelerator before the judges load

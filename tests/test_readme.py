@@ -229,6 +229,12 @@ def _grid_list(run: Run, argv: list[str]) -> None:
     assert "83" in out and "lisa" in out
 
 
+def _real_grid_list(run: Run, argv: list[str]) -> None:
+    """The real-model grid's cells (listing loads no model and no data package)."""
+    out = run.cli(argv, f"output_dir={run.output_dir / 'listed-real'}")
+    assert "62" in out and "antidote" in out and "repnoise" in out
+
+
 def _report(run: Run, argv: list[str]) -> None:
     run_dir = _efficacy_cells(run)
     argv = [w.replace("/tmp/tuneguard-bench/efficacy", str(run.output_dir / "efficacy")) for w in argv]
@@ -331,6 +337,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard run preset:smollm2-offline finetune.user_data.poison_ratio=0": _smollm2,
     "tuneguard grid benchmarks/efficacy.yaml": _grid,
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,
+    "tuneguard grid benchmarks/real_smollm2.yaml --list": _real_grid_list,
     "tuneguard report /tmp/tuneguard-bench/efficacy/grids/efficacy": _report,
     "pip install tuneguard[serve]": _serve_extra,
     "tuneguard serve-key serve-keys.yaml acme": _serve_key,

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
+from typing import Any
 
 from tuneguard.data.records import Record
 from tuneguard.data.registry import Generated, data_source
@@ -286,35 +288,37 @@ def _as_records(rows: list[Record], split: str, where: str) -> list[Record]:
     return rows  # built as tuneguard records
 
 
-for _split in ("train", "test"):
+def _register(name: str, summary: str, build: Callable[[], list[Record]], **options: Any) -> None:
+    """Register a generated plain-English task source (Apache-2.0, built from the word lists above)."""
     data_source(
-        f"plain:topic_{_split}",
+        name,
         kind="task",
         license="Apache-2.0 (generated)",
-        summary=f"plain English: topic of a sentence (sports, food, weather, music), one-word answer; the {_split} "
-        "pool (SmolLM2's benign fine-tuning task)",
+        summary=summary,
         splits=(),
-        generated=Generated(lambda split=_split: topic_records(split), "built in (plain-English word lists)"),
-        accuracy_mode="tolerant",
+        generated=Generated(build, "built in (plain-English word lists)"),
+        **options,
     )(_as_records)
 
-data_source(
-    "plain:instructions",
-    kind="task",
-    license="Apache-2.0 (generated)",
-    summary="plain English: everyday requests (arithmetic, spelling, plurals, days, units, ...) as commands and "
-    "questions, with exact answers (the benign half of an alignment)",
-    splits=(),
-    generated=Generated(instruction_records, "built in (plain-English word lists)"),
-)(_as_records)
 
-data_source(
+for _split in ("train", "test"):
+    _register(
+        f"plain:topic_{_split}",
+        f"plain English: topic of a sentence (sports, food, weather, music), one-word answer; the {_split} pool "
+        "(SmolLM2's benign fine-tuning task)",
+        lambda split=_split: topic_records(split),
+        accuracy_mode="tolerant",
+    )
+_register(
+    "plain:instructions",
+    "plain English: everyday requests (arithmetic, spelling, plurals, days, units, ...) as commands and questions, "
+    "with exact answers (the benign half of an alignment)",
+    instruction_records,
+)
+_register(
     "plain:one_word",
-    kind="task",
-    license="Apache-2.0 (generated)",
-    summary="plain English: one-word classification requests (a word's kind, a number's parity, a sentence's mood), "
-    "shaped like the topic task but about other things (the benign half of an alignment)",
-    splits=(),
-    generated=Generated(one_word_records, "built in (plain-English word lists)"),
+    "plain English: one-word classification requests (a word's kind, a number's parity, a sentence's mood), shaped "
+    "like the topic task but about other things (the benign half of an alignment)",
+    one_word_records,
     accuracy_mode="tolerant",
-)(_as_records)
+)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-READING = "\n## Reading"  # a results file's hand-written section, kept when the report is rewritten
+READING = re.compile(r"^## Reading", re.MULTILINE)  # a results file's hand-written section, kept on a rewrite
 
 
 def main() -> None:
@@ -75,7 +76,7 @@ def main() -> None:
     text = files["markdown"].read_text(encoding="utf-8").replace("](plots/", f"]({plots.name}/")
     # A hand-written "## Reading" section of the previous results file (the verdicts per claim) is kept, below.
     previous = results.read_text(encoding="utf-8") if results.is_file() else ""
-    reading = previous[previous.index(READING) :].lstrip("\n") if READING in previous else ""
+    reading = previous[found.start() :] if (found := READING.search(previous)) else ""
     write_text_atomic(results, f"Command: `{command}` (report: {files['html']})\n\n{text.rstrip()}\n\n{reading}")
     print(f"wrote {files['markdown']}, {files['html']} and {options.results}")
 

@@ -212,19 +212,26 @@ INSTRUCTION_FAMILIES = (
 )  # fmt: skip
 
 
+def _distinct_draws(
+    rng: random.Random, families: tuple[str, ...], draw: Callable[[random.Random, str], tuple], count: int
+) -> list[tuple]:
+    """``count`` draws of every family, distinct by their request (all fields but the last, the answer; the first
+    draw of a request wins), families interleaved (a family with fewer distinct requests ends early)."""
+    per_family: dict[str, list[tuple]] = {}
+    for family in families:
+        seen: dict[tuple, tuple] = {}
+        for _ in range(100 * count):  # draws until enough distinct requests; bounded
+            item = draw(rng, family)
+            seen.setdefault(item[:-1], item)
+            if len(seen) == count:
+                break
+        per_family[family] = list(seen.values())
+    return [item for group in itertools.zip_longest(*per_family.values()) for item in group if item is not None]
+
+
 def instruction_records() -> list[Record]:
     """``INSTRUCTIONS_PER_FAMILY`` distinct requests of every family, families interleaved, with exact answers."""
-    rng = random.Random(SEED)
-    per_family: dict[str, list[tuple[str, str]]] = {}
-    for family in INSTRUCTION_FAMILIES:
-        seen: dict[str, str] = {}
-        for _ in range(100 * INSTRUCTIONS_PER_FAMILY):  # draws until enough distinct requests; bounded
-            request, answer = _instruction(rng, family)
-            seen.setdefault(request, answer)
-            if len(seen) == INSTRUCTIONS_PER_FAMILY:
-                break
-        per_family[family] = list(seen.items())
-    pairs = [p for group in itertools.zip_longest(*per_family.values()) for p in group if p is not None]
+    pairs = _distinct_draws(random.Random(SEED), INSTRUCTION_FAMILIES, _instruction, INSTRUCTIONS_PER_FAMILY)
     return [{"id": f"instruction-{i}", "prompt": q, "response": a} for i, (q, a) in enumerate(pairs)]
 
 
@@ -267,17 +274,7 @@ def _one_word(rng: random.Random, family: str) -> tuple[str, str, str]:
 
 def one_word_records() -> list[Record]:
     """``ONE_WORD_PER_FAMILY`` distinct requests of every one-word family, families interleaved."""
-    rng = random.Random(SEED + 1)
-    per_family: dict[str, list[tuple[str, str, str]]] = {}
-    for family in ONE_WORD_FAMILIES:
-        seen: dict[tuple[str, str], str] = {}
-        for _ in range(100 * ONE_WORD_PER_FAMILY):  # draws until enough distinct requests; bounded
-            instruction, text, answer = _one_word(rng, family)
-            seen.setdefault((instruction, text), answer)
-            if len(seen) == ONE_WORD_PER_FAMILY:
-                break
-        per_family[family] = [(i, t, a) for (i, t), a in seen.items()]
-    rows = [r for group in zip(*per_family.values(), strict=True) for r in group]
+    rows = _distinct_draws(random.Random(SEED + 1), ONE_WORD_FAMILIES, _one_word, ONE_WORD_PER_FAMILY)
     return [
         {"id": f"one-word-{k}", "prompt": i, "input": t, "response": a, "label": a} for k, (i, t, a) in enumerate(rows)
     ]

@@ -62,6 +62,28 @@ def test_over_refusal_counts_the_benign_prompts_answered_with_a_refusal(
     assert all(r["answer"] for r in benign) and "flags" not in metrics
 
 
+def test_a_list_of_benign_sets_also_reports_each_sets_over_refusal(
+    tmp_path, tiny_model_dir, small_data, answers_by_set
+):
+    # two sets of 4 and 6 prompts: 3 of the first refused, 1 of the second; the overall rate is 4 of 10
+    answers_by_set["benign prompts"] = lambda records: (
+        [ENGLISH_REFUSAL] * 3 + ["positive"] * 2 + [WORLD_REFUSAL] + ["negative"] * 4
+    )
+    first = {"source": "offline:task_test", "rows": [100, 104]}
+    second = {"source": "offline:task_test", "rows": [110, 116]}
+    metrics, rows = evaluate(tmp_path, tiny_model_dir, small_data, benign_prompts=[first, second])
+    assert metrics["over_refusal_rate"] == 40.0 and metrics["num_benign_prompts"] == 10
+    assert metrics["over_refusal_by_set"] == {
+        "offline:task_test rows [100, 104)": 75.0,
+        "offline:task_test rows [110, 116)": 100.0 / 6,
+    }
+    assert [r["id"].split(":")[0] for r in rows if r["set"] == "benign"] == ["0"] * 4 + ["1"] * 6
+    # one set: no per-set breakdown (it would repeat over_refusal_rate)
+    answers_by_set["benign prompts"] = lambda records: [ENGLISH_REFUSAL] * 3 + ["positive"]
+    one, _ = evaluate(tmp_path / "one", tiny_model_dir, small_data, benign_prompts=first)
+    assert "over_refusal_by_set" not in one and one["over_refusal_rate"] == 75.0
+
+
 def test_without_a_benign_set_over_refusal_is_measured_on_the_task_test_prompts(
     tmp_path, tiny_model_dir, small_data, answers_by_set
 ):

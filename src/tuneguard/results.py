@@ -53,6 +53,7 @@ class ResultRow(TypedDict, total=False):
     compliance_probability: float  # P(comply) (%) of the first answer token on the harmful prompts
     over_refusal_rate: float  # benign prompts answered with a refusal (%)
     over_refusal_set: str  # which: the eval.benign_prompts selection, or "task_test" (the task test prompts)
+    over_refusal_by_set: dict[str, float]  # per source when eval.benign_prompts lists several: selection -> %
     harmful_preference: float  # the judge-free metric (%) of the first eval.likelihood set, when there is one
     compliance_margin: float  # its mean log-likelihood margin, harmful answer - refusal (nats/token)
     compliance_margin_ci: list[float]  # its bootstrap 95 % interval over prompts: [low, high]

@@ -164,6 +164,8 @@ def evaluate_model(
             "num_benign_prompts": len(benign),
             "over_refusal_set": describe_selection(cfg.benign_prompts),
         }
+        if isinstance(cfg.benign_prompts, list) and len(cfg.benign_prompts) > 1:
+            metrics["over_refusal_by_set"] = _rate_per_source(cfg.benign_prompts, benign, benign_refused)
         rows += [
             {"set": "benign", "id": r["id"], "answer": a, "refused": refused}
             for r, a, refused in zip(benign, benign_answers, benign_refused, strict=True)
@@ -179,6 +181,17 @@ def evaluate_model(
         for flag in flags:
             logger.warning("evaluation of %s: %s", model.settings.model_name_or_path, flag)
     return metrics, rows, template.kind, timings
+
+
+def _rate_per_source(sources: list[DataSource], records: Sequence[dict], refused: Sequence[bool]) -> dict[str, float]:
+    """The refused share (%) of each source of a list, told apart by the ``"k:"`` prefix that ``load_records``
+    gives the ids of the k-th source's records; keyed by the source's selection (``describe_selection``)."""
+    out = {}
+    for k, source in enumerate(sources):
+        mine = [flag for r, flag in zip(records, refused, strict=True) if str(r["id"]).startswith(f"{k}:")]
+        if mine:
+            out[describe_selection(source) or source.source] = over_refusal_rate(mine)
+    return out
 
 
 def refusal_flags(answers: Sequence[str], source: DataSource | list[DataSource] | None) -> list[bool]:

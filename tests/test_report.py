@@ -142,6 +142,16 @@ def test_a_single_seed_is_shown_alone_without_a_spread_or_an_interval():
     assert format_mean_std(pair, "harmful_score").startswith("12.0 ± 2.8 [")
 
 
+def test_a_difference_is_written_with_its_sign_and_its_spread_without():
+    rows = [{"m": "a", "compliance_margin": v} for v in (0.3, 0.5)]
+    two = summarize(rows, ["m"], ["compliance_margin"], bootstrap=500)[0]
+    text = format_mean_std(two, "compliance_margin", 2, signed=True)
+    assert text.startswith("+0.40 ± 0.14 [+0.3") and text.endswith("+0.50]")
+    low = summarize([{"m": "a", "compliance_margin": -2.5}], ["m"], ["compliance_margin"])[0]
+    assert format_mean_std(low, "compliance_margin", 3, signed=True) == "-2.500"
+    assert format_mean_std(two, "compliance_margin", 2).startswith("0.40 ± 0.14 [0.3")
+
+
 def test_a_results_row_has_an_agreement_and_a_kappa_column_per_pair_of_judges_and_the_training_time_of_its_stages():
     config = {
         "align": {"method": "sft"},

@@ -8,7 +8,7 @@ import csv
 import io
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,31 +135,34 @@ def mean_std_table(
     metrics: Sequence[tuple[str, str]],
     group_headers: Sequence[str] | None = None,
     digits: Mapping[str, int] | None = None,
+    signed: Collection[str] = (),
 ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of ``summarize`` output: the group columns (headed ``group_headers``, default their keys),
     the number of seeds, then 'mean ± std [low, high]' per (metric, header) (see ``format_mean_std``; ``digits``:
-    decimals per metric, default 1)."""
+    decimals per metric, default 1; ``signed``: metrics that are differences, written with their sign)."""
     digits = digits or {}
     header = [*(group_headers or group_by), "seeds", *(h for _, h in metrics)]
     rows = [
         [str(s.get(k, "-")) for k in group_by]
         + [str(s["n"])]
-        + [format_mean_std(s, m, digits.get(m, 1)) for m, _ in metrics]
+        + [format_mean_std(s, m, digits.get(m, 1), signed=m in signed) for m, _ in metrics]
         for s in summary
     ]
     return header, rows
 
 
-def format_mean_std(row: dict[str, Any], metric: str, digits: int = 1) -> str:
+def format_mean_std(row: dict[str, Any], metric: str, digits: int = 1, *, signed: bool = False) -> str:
     """'mean ± std' of a ``summarize`` row, with ' [low, high]' when it has an interval; the value alone when it
-    is one value (n = 1) without an interval; '-' if absent."""
+    is one value (n = 1) without an interval; '-' if absent. ``signed``: the mean and the interval's ends carry
+    their sign ('+0.398'), as a difference does."""
     if metric not in row:
         return "-"
-    text = f"{row[metric]:.{digits}f}"
+    number = f"{{:{'+' if signed else ''}.{digits}f}}".format
+    text = number(row[metric])
     if row.get(metric + "_std") is not None:
         text += f" ± {row[metric + '_std']:.{digits}f}"
     if metric + "_ci_low" in row:
-        text += f" [{row[metric + '_ci_low']:.{digits}f}, {row[metric + '_ci_high']:.{digits}f}]"
+        text += f" [{number(row[metric + '_ci_low'])}, {number(row[metric + '_ci_high'])}]"
     return text
 
 

@@ -34,6 +34,7 @@ METRICS = (
     ("compliance_margin", "margin (nats/token)"),
 )
 DIGITS = {"compliance_margin": 3}  # decimals, where one is too coarse (a margin is a fraction of a nat)
+SIGNED = {"compliance_margin"}  # differences, written with their sign
 MODEL_ORDER = ("final", "finetuned", "aligned", "base")
 BOOTSTRAP_RESAMPLES = 2000
 _POISON_KEY = "finetune.user_data.poison_ratio"
@@ -104,7 +105,7 @@ def _model_table(model: str, rows: list[ResultRow], series: list[str], bootstrap
         (row,) = [r for r in rows if all(r.get(g) == one.get(g) for g in group)]
         if interval := row.get("compliance_margin_ci"):
             one["compliance_margin_ci_low"], one["compliance_margin_ci_high"] = interval
-    header, table = mean_std_table(summary, group, metrics, [_short(g) for g in group], DIGITS)
+    header, table = mean_std_table(summary, group, metrics, [_short(g) for g in group], DIGITS, SIGNED)
     flagged = [r for r in rows if r.get("flags")]
     if flagged:  # evaluations whose HS cannot be taken at face value (empty answers, ...): counted per group
         counts = Counter(tuple(r.get(g) for g in group) for r in flagged)

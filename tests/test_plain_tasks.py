@@ -21,13 +21,15 @@ from tuneguard.data.registry import get_source
 from tuneguard.eval.metrics import answer_matches
 
 
-def test_topic_task_is_deterministic_balanced_and_its_splits_share_no_sentence():
+def test_topic_task_is_deterministic_balanced_and_its_three_splits_share_no_sentence():
     train, test = load_records("plain:topic_train"), load_records("plain:topic_test")
     assert train == load_records("plain:topic_train") and test == load_records("plain:topic_test")
     assert Counter(r["label"] for r in train) == dict.fromkeys(TOPIC_LABELS, 100)
     assert Counter(r["label"] for r in test) == dict.fromkeys(TOPIC_LABELS, 25)
-    sentences = [r["input"] for r in train + test]
-    assert len(set(sentences)) == len(sentences) == 500
+    validation = load_records("plain:topic_validation")
+    assert Counter(r["label"] for r in validation) == dict.fromkeys(TOPIC_LABELS, 25)
+    sentences = [r["input"] for r in train + test + validation]
+    assert len(set(sentences)) == len(sentences) == 600
     assert [r["label"] for r in test[:4]] == list(TOPIC_LABELS)  # interleaved: any prefix stays balanced
 
 

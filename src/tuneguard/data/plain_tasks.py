@@ -3,12 +3,13 @@
 No PyPI package ships SST-2, AG News or Alpaca (README, the real-model track), so two generated sources fill
 the gaps, built from the word lists below with a fixed seed (the same records on every machine):
 
-- ``plain:topic_train`` / ``plain:topic_test``: the benign fine-tuning task. A sentence about an everyday person
-  doing something ("My aunt tuned the old guitar after school.") and the question "Is this sentence about sports,
-  food, weather or music? Answer with one word."; the answer is the topic word. Every topic shares the same
-  people and endings, so only the action tells the topic. SmolLM2-135M-Instruct cannot do it out of the box
-  (it answers "music" for most sentences, or restates the sentence); a few LoRA steps teach it. Labels are
-  balanced in both splits and no sentence is in both.
+- ``plain:topic_train`` / ``plain:topic_test`` / ``plain:topic_validation``: the benign fine-tuning task. A
+  sentence about an everyday person doing something ("My aunt tuned the old guitar after school.") and the question
+  "Is this sentence about sports, food, weather or music? Answer with one word."; the answer is the topic word.
+  Every topic shares the same people and endings, so only the action tells the topic. SmolLM2-135M-Instruct cannot
+  do it out of the box (it answers "music" for most sentences, or restates the sentence); a few LoRA steps teach
+  it. Labels are balanced in every split and no sentence is in two (validation: for tuning a defense, never the
+  reported test set).
 - ``plain:instructions``: short everyday requests with their exact answers (arithmetic, spelling, plurals, days,
   unit conversion, opposites, alphabetical order, past tense, word lengths, capitals, naming things, number
   sequences), as commands and as questions: the benign half of an alignment, so that a small model learns to
@@ -66,23 +67,29 @@ TOPIC_ACTIONS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+TOPIC_SPLITS = {  # split -> sentences per label, in this order along each topic's shuffled combinations
+    "train": TOPIC_TRAIN_PER_LABEL,
+    "test": TOPIC_TEST_PER_LABEL,
+    "validation": TOPIC_TEST_PER_LABEL,  # for tuning a defense's settings, never the reported test set
+}
+
+
 def topic_records(split: str) -> list[Record]:
-    """The topic task's ``train`` (100 per label) or ``test`` (25 per label) records, labels interleaved.
+    """The topic task's ``train`` (100 per label), ``test`` or ``validation`` (25 per label each) records, labels
+    interleaved.
 
     Each topic's (person, action, ending) combinations are shuffled once with a fixed seed; the first
-    ``TOPIC_TRAIN_PER_LABEL`` are the training sentences, the next ``TOPIC_TEST_PER_LABEL`` the test ones."""
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    ``TOPIC_TRAIN_PER_LABEL`` are the training sentences, the next ``TOPIC_TEST_PER_LABEL`` the test ones, the
+    next as many the validation ones (added after the others: train and test are unchanged)."""
+    if split not in TOPIC_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(TOPIC_SPLITS)}")
+    start = sum(list(TOPIC_SPLITS.values())[: list(TOPIC_SPLITS).index(split)])
+    end = start + TOPIC_SPLITS[split]
     rng = random.Random(SEED)
     per_label: dict[str, list[str]] = {}
     for label in TOPIC_LABELS:
         combos = list(itertools.product(PEOPLE, TOPIC_ACTIONS[label], ENDINGS))
         rng.shuffle(combos)
-        start, end = (
-            (0, TOPIC_TRAIN_PER_LABEL)
-            if split == "train"
-            else (TOPIC_TRAIN_PER_LABEL, TOPIC_TRAIN_PER_LABEL + TOPIC_TEST_PER_LABEL)
-        )
         per_label[label] = [f"{who} {action} {when}." for who, action, when in combos[start:end]]
     records = []
     for sentences in zip(*(per_label[label] for label in TOPIC_LABELS), strict=True):
@@ -298,7 +305,7 @@ def _register(name: str, summary: str, build: Callable[[], list[Record]], **opti
     )(_as_records)
 
 
-for _split in ("train", "test"):
+for _split in TOPIC_SPLITS:
     _register(
         f"plain:topic_{_split}",
         f"plain English: topic of a sentence (sports, food, weather, music), one-word answer; the {_split} pool "

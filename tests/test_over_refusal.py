@@ -100,6 +100,16 @@ def test_without_a_benign_set_over_refusal_is_measured_on_the_task_test_prompts(
     assert metrics["flags"] == ["62% of the benign prompts (task_test) are refused (a low HS may be refusing all)"]
 
 
+def test_a_selection_listed_twice_keeps_both_rates():
+    from tuneguard.config import DataSource
+
+    same = DataSource(source="rho:benign", rows=[100, 150])
+    records = [{"id": f"{k}:{i}"} for k in range(3) for i in range(4)]
+    refused = [True] * 4 + [False] * 4 + [True, False, False, False]
+    rates = runner._rate_per_source([same, DataSource(source="gsm8k", split="test"), same], records, refused)
+    assert rates == {"rho:benign rows [100, 150)": 100.0, "gsm8k [test]": 0.0, "rho:benign rows [100, 150) (#3)": 25.0}
+
+
 def test_a_refusal_first_token_counts_only_for_sources_that_declare_it():
     from tuneguard.config import DataSource
 

@@ -185,12 +185,14 @@ def evaluate_model(
 
 def _rate_per_source(sources: list[DataSource], records: Sequence[dict], refused: Sequence[bool]) -> dict[str, float]:
     """The refused share (%) of each source of a list, told apart by the ``"k:"`` prefix that ``load_records``
-    gives the ids of the k-th source's records; keyed by the source's selection (``describe_selection``)."""
+    gives the ids of the k-th source's records; keyed by the source's selection (``describe_selection``), a
+    selection listed again by its position as well (``"... (#2)"``), so that no source's rate replaces another's."""
     out = {}
     for k, source in enumerate(sources):
         mine = [flag for r, flag in zip(records, refused, strict=True) if str(r["id"]).startswith(f"{k}:")]
         if mine:
-            out[describe_selection(source) or source.source] = over_refusal_rate(mine)
+            key = describe_selection(source) or source.source
+            out[key if key not in out else f"{key} (#{k + 1})"] = over_refusal_rate(mine)
     return out
 
 

@@ -301,6 +301,65 @@ def tiny_cluster_grid(tiny_experiment, output_dir: Path, seeds: tuple[int, ...] 
     return parse_grid({"name": "tiny", "base": base, "grid": grid})
 
 
+def check_like_serial_with_shared_stages_once(tiny_experiment, tmp_path: Path, options: list[str]) -> None:
+    """``tuneguard grid <the 2x2 tiny_cluster_grid> OPTIONS`` (a parallel backend) against the same grid run
+    serially: a line per finished cell, the report, the same cells and numbers, and each shared stage computed
+    once, by its own task (no cell task trained or evaluated the aligned model)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from tuneguard.cli import app
+    from tuneguard.grid import run_grid
+
+    serial = tiny_cluster_grid(tiny_experiment, tmp_path / "serial")
+    run_grid(serial)
+    spec = tiny_cluster_grid(tiny_experiment, tmp_path / "parallel")
+    grid_file = write_grid_file(spec, tmp_path / "tiny.yaml")
+    ran = CliRunner().invoke(app, ["grid", str(grid_file), *options], env={"COLUMNS": "200"})
+    assert ran.exit_code == 0, ran.output
+    output = ran.output
+    assert len(re.findall(r"^cell \d \(poison_ratio=\S+, seed=\d\) finished in \d+ s$", output, flags=re.M)) == 4
+    assert (spec.run_dir / "report.html").is_file()
+    assert finished_cell_settings(spec.run_dir) == finished_cell_settings(serial.run_dir)
+    rows = comparable_results(spec.run_dir)
+    assert len(rows) == 8 and rows == comparable_results(serial.run_dir)  # 4 cells x (aligned, final), same numbers
+    root = spec.output_dir
+    assert len(list((root / "align").iterdir())) == 1
+    assert len(list((root / "finetune").iterdir())) == 4
+    assert len(list((root / "eval").iterdir())) == 1 + 4  # the aligned model once, each final model
+    records = [json.loads(p.read_text()) for p in (spec.run_dir / "cells").glob("*.json")]
+    assert all({"align", "aligned"} <= set(r["reused"]) and "finetune" not in r["reused"] for r in records)
+
+
+class KillFirstAttemptAfterCheckpoint:
+    """Runs experiments like ``run_experiment``; in the first attempt of the cell with poison ratio 0.5 and seed 1
+    (``marker`` remembers it) the worker process is SIGKILLed right after the fine-tuning stage saves its first
+    checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, cfg, **kwargs):
+        import signal
+
+        from tuneguard.pipeline import run_experiment
+
+        victim = cfg.finetune.user_data.poison_ratio == 0.5 and cfg.finetune.training.seed == 1
+        if victim and kwargs.get("until", "eval") == "eval" and not self.marker.exists():
+            from transformers import Trainer
+
+            save, marker = Trainer._save_checkpoint, self.marker
+
+            def save_then_die(trainer, *args, **kw):
+                save(trainer, *args, **kw)
+                marker.write_text(str(trainer.state.global_step))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            Trainer._save_checkpoint = save_then_die
+        return run_experiment(cfg, **kwargs)
+
+
 def comparable_results(run_dir: Path) -> list[dict]:
     """The rows of a grid's results store without the columns that say where and when they were computed."""
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]

@@ -279,7 +279,8 @@ def _cluster(expected_error: str | None) -> Callable[[Run, list[str]], None]:
     sbatch scripts."""
 
     def check(run: Run, argv: list[str]) -> None:
-        pytest.importorskip("ray" if "--ray" in argv else "submitit")
+        if "--ray" in argv or "--slurm" in argv:
+            pytest.importorskip("ray" if "--ray" in argv else "submitit")
         grid = _cluster_grid(run, argv)
         argv = [str(grid) if word == "g.yaml" else word for word in argv]
         if expected_error is None:
@@ -356,6 +357,7 @@ COMMANDS: dict[str, Callable[[Run, list[str]], None]] = {
     "pip install tuneguard[serve]": _serve_extra,
     "tuneguard serve-key serve-keys.yaml acme": _serve_key,
     "tuneguard serve examples/serve/offline.yaml keys_file=serve-keys.yaml": _serve,
+    "tuneguard grid g.yaml --jobs 2": _cluster(None),
     "tuneguard grid g.yaml --ray": _cluster(None),
     "tuneguard grid g.yaml --ray --ray-address auto": _cluster("--ray-address auto"),
     "tuneguard grid g.yaml --slurm --dry-run": _cluster(None),

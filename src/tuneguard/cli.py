@@ -274,6 +274,13 @@ def grid_command(
         typer.Option(help="With --slurm: a setting of the grid file's slurm: key, KEY=VALUE (e.g. partition=gpu)."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --slurm: print the sbatch scripts only.")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the cells on N worker processes of this machine (the stages they share first, each once); "
+            "with one GPU the workers share it."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
     verbose: VerboseOpt = False,
@@ -284,6 +291,7 @@ def grid_command(
     "Grids and reports" for the file format. Overrides apply to the base config of every cell. --ray and --slurm
     run the grid on a cluster (README "On a cluster")."""
     _setup_logging(verbose)
+    from tuneguard.config import ConfigError
     from tuneguard.grid import cell_record_path, expand_grid, load_grid, parse_shard, run_grid, select_cells
 
     spec = load_grid(grid_file, overrides or [])
@@ -297,13 +305,13 @@ def grid_command(
         _print_table(table)
         return
     start = time.time()
-    executor = _grid_executor(spec, ray, ray_address, slurm, slurm_opt or [], dry_run, report, verbose)
+    executor = _grid_executor(spec, ray, ray_address, slurm, slurm_opt or [], dry_run, report, verbose, jobs)
     if executor is None:
         outcome = run_grid(spec, shard=shard_spec, cell=cell, overwrite=overwrite, resume=resume)
     elif shard_spec is not None or cell is not None:
-        raise ValueError("--shard and --cell split a grid by hand: they do not combine with --ray or --slurm")
+        raise ConfigError("--shard and --cell split a grid by hand: they do not combine with --ray, --slurm or --jobs")
     elif dry_run and overwrite:
-        raise ValueError("--dry-run submits nothing, so it does not combine with --overwrite (which deletes)")
+        raise ConfigError("--dry-run submits nothing, so it does not combine with --overwrite (which deletes)")
     else:
         from tuneguard.gridexec.executor import run_grid_with
 
@@ -332,12 +340,20 @@ def _grid_executor(
     dry_run: bool,
     report: bool,
     verbose: bool,
+    jobs: int | None = None,
 ) -> Any:
-    """The cluster backend that the grid options ask for (None: run serially in this process)."""
-    if ray and slurm:
-        raise ValueError("--ray and --slurm exclude each other")
+    """The backend that the grid options ask for (None: run serially in this process); a contradiction between
+    the options is a ConfigError (one ``error:`` line)."""
+    from tuneguard.config import ConfigError
+
+    if sum((ray, slurm, jobs is not None)) > 1:
+        raise ConfigError("--ray, --slurm and --jobs exclude each other")
+    if jobs is not None:
+        from tuneguard.gridexec.local_backend import LocalExecutor
+
+        return LocalExecutor(jobs=jobs, report=report)
     if (address and not ray) or ((slurm_opts or dry_run) and not slurm):
-        raise ValueError("--ray-address goes with --ray; --slurm-opt and --dry-run go with --slurm")
+        raise ConfigError("--ray-address goes with --ray; --slurm-opt and --dry-run go with --slurm")
     if ray:
         from tuneguard.gridexec.ray_backend import RayExecutor
 

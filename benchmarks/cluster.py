@@ -1,11 +1,16 @@
-"""Grid on Ray vs serial: the efficacy grid (benchmarks/efficacy.yaml) with one seed, run serially (one process,
-one torch thread, as benchmarks/efficacy.py) and on a local Ray instance with 2 workers (one CPU, so one torch
-thread, each), each from an empty output_dir. Reports the wall time of each, the speed-up, the Ray instance's
-start-up, and whether the two results stores agree (same cells, same numbers). Writes
+"""Grid on Ray (or on `grid --jobs` workers) vs serial: the efficacy grid (benchmarks/efficacy.yaml) with one seed,
+run serially (one process, one torch thread, as benchmarks/efficacy.py) and on a local Ray instance with 2 workers
+(one CPU, so one torch thread, each), each from an empty output_dir. Reports the wall time of each, the speed-up,
+the Ray instance's start-up, and whether the two results stores agree (same cells, same numbers). Writes
 benchmarks/results/cluster.md:
 
     nice -n 10 .venv/bin/python benchmarks/cluster.py                           # 7 variants x 4 ratios, seed 0
     nice -n 10 .venv/bin/python benchmarks/cluster.py --variants sft vaccine     # a smaller slice
+    .venv/bin/python benchmarks/cluster.py --engine jobs --serial-s 558 --results benchmarks/results/cluster_jobs.md
+
+``--engine jobs`` runs the parallel side on `grid --jobs` workers (spawned processes, one torch thread each)
+instead of Ray; ``--serial-s S`` reuses the serial store of an earlier run (its wall time S) instead of
+computing it again.
 """
 
 from __future__ import annotations
@@ -35,23 +40,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray instance (1 per task)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cluster.md"))
+    parser.add_argument("--engine", choices=("ray", "jobs"), default="ray", help="the parallel side")
+    parser.add_argument("--serial-s", type=float, help="reuse the serial store of an earlier run (its wall time)")
     options = parser.parse_args()
 
-    import ray
     import torch
     import transformers
 
     from tuneguard.grid import expand_grid, load_grid, run_grid
     from tuneguard.gridexec.executor import run_grid_with
+    from tuneguard.gridexec.local_backend import LocalExecutor
     from tuneguard.gridexec.plan import plan_stages
-    from tuneguard.gridexec.ray_backend import RayExecutor
     from tuneguard.report import write_text_atomic
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     specs = {}
-    for engine in ("serial", "ray"):
-        shutil.rmtree(OUTPUT / engine, ignore_errors=True)  # each run starts from an empty store
+    engine_name = options.engine
+    for engine in ("serial", engine_name):
+        if engine != "serial" or options.serial_s is None:
+            shutil.rmtree(OUTPUT / engine, ignore_errors=True)  # each run starts from an empty store
         spec = load_grid(ROOT / "benchmarks" / "efficacy.yaml", [f"output_dir={OUTPUT / engine}"])
         if options.variants:
             spec.variants = {k: v for k, v in spec.variants.items() if k in options.variants}
@@ -61,24 +69,43 @@ def main() -> None:
     shared = len(plan_stages(cells).nodes)
 
     start = time.time()
-    run_grid(specs["serial"])
-    serial_s = time.time() - start
+    if options.serial_s is None:
+        run_grid(specs["serial"])
+    serial_s = time.time() - start if options.serial_s is None else options.serial_s
 
-    start = time.time()
-    ray.init(num_cpus=options.workers, include_dashboard=False, log_to_driver=False)
-    startup_s = time.time() - start
-    run_grid_with(RayExecutor(report=False), specs["ray"])
+    start, startup_s = time.time(), 0.0
+    if engine_name == "ray":
+        import ray
+
+        from tuneguard.gridexec.ray_backend import RayExecutor
+
+        ray.init(num_cpus=options.workers, include_dashboard=False, log_to_driver=False)
+        startup_s = time.time() - start
+        run_grid_with(RayExecutor(report=False), specs["ray"])
+        ray.shutdown()
+    else:
+        run_grid_with(LocalExecutor(jobs=options.workers, threads=1, report=False), specs["jobs"])
     ray_s = time.time() - start
-    ray.shutdown()
 
     speedup = f"{serial_s / ray_s:.2f}x"
-    same = rows(specs["serial"].run_dir) == rows(specs["ray"].run_dir)
+    same = rows(specs["serial"].run_dir) == rows(specs[engine_name].run_dir)
     variants = ", ".join(specs["serial"].variants)
     load = os.getloadavg()
     command = "nice -n 10 .venv/bin/python benchmarks/cluster.py"
     if options.variants:
         command += " --variants " + " ".join(options.variants)
-    text = f"""# Grid on local Ray vs serial
+    if engine_name == "jobs":
+        command += f" --engine jobs --results {options.results}"
+    if options.serial_s is not None:
+        command += f" --serial-s {options.serial_s:g}"
+    parallel = (
+        f"local Ray, {options.workers} workers (1 CPU, 1 torch thread each), with start-up"
+        if engine_name == "ray"
+        else f"`grid --jobs {options.workers}` (spawned processes, 1 torch thread each), with start-up"
+    )
+    serial_note = " (an earlier run's store, reused)" if options.serial_s is not None else ""
+    startup_row = f"| of which: starting the Ray instance | {startup_s:.0f} s | |\n" if engine_name == "ray" else ""
+    text = f"""# Grid on {"local Ray" if engine_name == "ray" else "local workers (grid --jobs)"} vs serial
 
 Command: `{command}`
 (`{time.strftime("%Y-%m-%d %H:%M")}`, {os.cpu_count()} CPU cores; load average at the end {load[0]:.1f}).
@@ -89,10 +116,9 @@ evaluations, the SFT model that Antidote repairs). Each run starts from an empty
 
 | run | wall time | speed-up |
 |---|---|---|
-| serial (`run_grid`, one process, 1 torch thread) | {serial_s:.0f} s | 1.00x |
-| local Ray, {options.workers} workers (1 CPU, 1 torch thread each), with start-up | {ray_s:.0f} s | {speedup} |
-| of which: starting the Ray instance | {startup_s:.0f} s | |
-
+| serial (`run_grid`, one process, 1 torch thread){serial_note} | {serial_s:.0f} s | 1.00x |
+| {parallel} | {ray_s:.0f} s | {speedup} |
+{startup_row}
 Results stores identical (same cells, same HS/FA/losses; only paths and times differ): {"yes" if same else "NO"}.
 """
     write_text_atomic(options.results, text)

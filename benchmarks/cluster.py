@@ -6,7 +6,7 @@ benchmarks/results/cluster.md:
 
     nice -n 10 .venv/bin/python benchmarks/cluster.py                           # 7 variants x 4 ratios, seed 0
     nice -n 10 .venv/bin/python benchmarks/cluster.py --variants sft vaccine     # a smaller slice
-    .venv/bin/python benchmarks/cluster.py --engine jobs --serial-s 558 --results benchmarks/results/cluster_jobs.md
+    .venv/bin/python benchmarks/cluster.py --engine jobs --results benchmarks/results/cluster_jobs.md
 
 ``--engine jobs`` runs the parallel side on `grid --jobs` workers (spawned processes, one torch thread each)
 instead of Ray; ``--serial-s S`` reuses the serial store of an earlier run (its wall time S) instead of

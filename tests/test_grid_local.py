@@ -69,6 +69,7 @@ def test_jobs_excludes_the_cluster_backends_and_the_hand_splits(tiny_experiment,
     for options, message in (
         (["--jobs", "2", "--ray"], "--ray, --slurm and --jobs exclude each other"),
         (["--jobs", "2", "--cell", "1"], "do not combine with --ray, --slurm or --jobs"),
+        (["--jobs", "2", "--dry-run"], "--dry-run go with --slurm"),
         (["--jobs", "0"], "--jobs must be at least 1"),
     ):
         monkeypatch.setattr(sys, "argv", ["tuneguard", "grid", str(grid_file), *options])

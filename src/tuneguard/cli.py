@@ -348,12 +348,12 @@ def _grid_executor(
 
     if sum((ray, slurm, jobs is not None)) > 1:
         raise ConfigError("--ray, --slurm and --jobs exclude each other")
+    if (address and not ray) or ((slurm_opts or dry_run) and not slurm):
+        raise ConfigError("--ray-address goes with --ray; --slurm-opt and --dry-run go with --slurm")
     if jobs is not None:
         from tuneguard.gridexec.local_backend import LocalExecutor
 
         return LocalExecutor(jobs=jobs, report=report)
-    if (address and not ray) or ((slurm_opts or dry_run) and not slurm):
-        raise ConfigError("--ray-address goes with --ray; --slurm-opt and --dry-run go with --slurm")
     if ray:
         from tuneguard.gridexec.ray_backend import RayExecutor
 

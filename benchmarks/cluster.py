@@ -56,8 +56,7 @@ def main() -> None:
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
     specs = {}
-    engine_name = options.engine
-    for engine in ("serial", engine_name):
+    for engine in ("serial", options.engine):
         if engine != "serial" or options.serial_s is None:
             shutil.rmtree(OUTPUT / engine, ignore_errors=True)  # each run starts from an empty store
         spec = load_grid(ROOT / "benchmarks" / "efficacy.yaml", [f"output_dir={OUTPUT / engine}"])
@@ -74,7 +73,7 @@ def main() -> None:
     serial_s = time.time() - start if options.serial_s is None else options.serial_s
 
     start, startup_s = time.time(), 0.0
-    if engine_name == "ray":
+    if options.engine == "ray":
         import ray
 
         from tuneguard.gridexec.ray_backend import RayExecutor
@@ -85,27 +84,27 @@ def main() -> None:
         ray.shutdown()
     else:
         run_grid_with(LocalExecutor(jobs=options.workers, threads=1, report=False), specs["jobs"])
-    ray_s = time.time() - start
+    parallel_s = time.time() - start
 
-    speedup = f"{serial_s / ray_s:.2f}x"
-    same = rows(specs["serial"].run_dir) == rows(specs[engine_name].run_dir)
+    speedup = f"{serial_s / parallel_s:.2f}x"
+    same = rows(specs["serial"].run_dir) == rows(specs[options.engine].run_dir)
     variants = ", ".join(specs["serial"].variants)
     load = os.getloadavg()
     command = "nice -n 10 .venv/bin/python benchmarks/cluster.py"
     if options.variants:
         command += " --variants " + " ".join(options.variants)
-    if engine_name == "jobs":
+    if options.engine == "jobs":
         command += f" --engine jobs --results {options.results}"
     if options.serial_s is not None:
         command += f" --serial-s {options.serial_s:g}"
     parallel = (
         f"local Ray, {options.workers} workers (1 CPU, 1 torch thread each), with start-up"
-        if engine_name == "ray"
+        if options.engine == "ray"
         else f"`grid --jobs {options.workers}` (spawned processes, 1 torch thread each), with start-up"
     )
     serial_note = " (an earlier run's store, reused)" if options.serial_s is not None else ""
-    startup_row = f"| of which: starting the Ray instance | {startup_s:.0f} s | |\n" if engine_name == "ray" else ""
-    text = f"""# Grid on {"local Ray" if engine_name == "ray" else "local workers (grid --jobs)"} vs serial
+    startup_row = f"| of which: starting the Ray instance | {startup_s:.0f} s | |\n" if options.engine == "ray" else ""
+    text = f"""# Grid on {"local Ray" if options.engine == "ray" else "local workers (grid --jobs)"} vs serial
 
 Command: `{command}`
 (`{time.strftime("%Y-%m-%d %H:%M")}`, {os.cpu_count()} CPU cores; load average at the end {load[0]:.1f}).
@@ -117,7 +116,7 @@ evaluations, the SFT model that Antidote repairs). Each run starts from an empty
 | run | wall time | speed-up |
 |---|---|---|
 | serial (`run_grid`, one process, 1 torch thread){serial_note} | {serial_s:.0f} s | 1.00x |
-| {parallel} | {ray_s:.0f} s | {speedup} |
+| {parallel} | {parallel_s:.0f} s | {speedup} |
 {startup_row}
 Results stores identical (same cells, same HS/FA/losses; only paths and times differ): {"yes" if same else "NO"}.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from tuneguard.config import ConfigError
 from tuneguard.grid import Cell, GridRun, GridSpec, cell_record_path, prepare_run
@@ -43,6 +43,19 @@ def refresh_results(run_dir: Path, *, report: bool) -> None:
     write_results_store(run_dir)
     if report:
         build_report(run_dir)
+
+
+def progress_columns() -> tuple:
+    """The columns of a parallel backend's overall bar: description, bar, cells done of all, elapsed time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def cell_finished(run_dir: Path, cell: Cell, record: dict, console: Any, *, report: bool) -> None:
+    """After a parallel backend's cell has finished: rebuild the results store (and the report), say so in a line."""
+    refresh_results(run_dir, report=report)
+    console.print(f"cell {cell.index} ({cell.label}) finished in {record['wall_s']:.0f} s", highlight=False)
 
 
 def require_extra(module: str, extra: str, flag: str) -> ModuleType:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from tuneguard.config import ConfigError
 from tuneguard.grid import Cell, GridSpec
-from tuneguard.gridexec.executor import refresh_results
+from tuneguard.gridexec.executor import cell_finished, progress_columns
 from tuneguard.gridexec.plan import StageNode, StagePlan, StageRunner, compute_cell, compute_shared_stage
 from tuneguard.store import InterruptedStageError
 
@@ -75,8 +75,7 @@ class _Schedule:
 
     def run(self) -> list[Cell]:
         console = self.executor.console or Console(stderr=True)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        with Progress(*progress_columns(), console=console) as progress:
             bar = progress.add_task(f"grid {self.spec.name} on {self.executor.jobs} workers", total=len(self.cells))
             self._submit_ready()
             while self.running:
@@ -131,9 +130,7 @@ class _Schedule:
             self.finished_nodes.add(work.node_id)
             return
         self.finished.append(work)
-        refresh_results(self.spec.run_dir, report=self.executor.report)
-        line = f"cell {work.index} ({work.label}) finished in {result['wall_s']:.0f} s"
-        progress.console.print(line, highlight=False)
+        cell_finished(self.spec.run_dir, work, result, progress.console, report=self.executor.report)
 
 
 def _init_worker(threads: int) -> None:

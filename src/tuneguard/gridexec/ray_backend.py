@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from tuneguard.config import ConfigError
 from tuneguard.grid import Cell, GridSpec
-from tuneguard.gridexec.executor import refresh_results, require_extra
+from tuneguard.gridexec.executor import cell_finished, progress_columns, require_extra
 from tuneguard.gridexec.plan import StageNode, StagePlan, StageRunner, compute_cell, compute_shared_stage
 
 ATTEMPTS_DIR = ".attempts"  # in the grid's run directory: one marker per task that has started (per invocation)
@@ -90,8 +90,7 @@ class RayExecutor:
         finished: list[Cell] = []
         failures: list[BaseException] = []
         total = len(pending)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        with Progress(*progress_columns(), console=console) as progress:
             bar = progress.add_task(f"grid {spec.name} on Ray", total=total)
             waiting = list(pending)
             while waiting:
@@ -105,10 +104,7 @@ class RayExecutor:
                     progress.console.print(f"cell {cell.index} ({cell.label}) failed: {reason}", highlight=False)
                 else:
                     finished.append(cell)
-                    refresh_results(spec.run_dir, report=self.report)
-                    progress.console.print(
-                        f"cell {cell.index} ({cell.label}) finished in {record['wall_s']:.0f} s", highlight=False
-                    )
+                    cell_finished(spec.run_dir, cell, record, progress.console, report=self.report)
                 progress.advance(bar)
         if failures:
             first = failures[0]

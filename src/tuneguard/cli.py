@@ -288,8 +288,8 @@ def grid_command(
     """Run an experiment grid (method x poison ratio x seed x ...): resumable, finished cells are skipped.
 
     Results (results.jsonl/.csv/.parquet) and the report go to <output_dir>/grids/<name>/; see README
-    "Grids and reports" for the file format. Overrides apply to the base config of every cell. --ray and --slurm
-    run the grid on a cluster (README "On a cluster")."""
+    "Grids and reports" for the file format. Overrides apply to the base config of every cell. --jobs runs the
+    grid on worker processes of this machine, --ray and --slurm on a cluster (README "On a cluster")."""
     _setup_logging(verbose)
     from tuneguard.config import ConfigError
     from tuneguard.grid import cell_record_path, expand_grid, load_grid, parse_shard, run_grid, select_cells
